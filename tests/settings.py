@@ -1,0 +1,22 @@
+"""Settings for the test suite: the project's settings with test-only secrets and speedups."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("DJANGO_SECRET_KEY", "tests-only-not-a-secret")
+os.environ.setdefault("DJANGO_ALLOWED_HOSTS", "localhost,127.0.0.1,testserver")
+
+from chatsite.settings import *  # noqa: E402, F403
+from chatsite.settings import BASE_DIR, DATABASES  # noqa: E402
+
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+# Threads (the ORM thread of async code) cannot share an in-memory SQLite database.
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    DATABASES["default"]["TEST"] = {"NAME": str(BASE_DIR / ".test-db.sqlite3")}
+
+# Fail fast in tests: a stalled model is detected in a second, not a minute.
+CHAT_READ_TIMEOUT = 1.0
+CHAT_CONNECT_TIMEOUT = 1.0
+CHAT_MESSAGES_PER_MINUTE = 1000
