@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
+from django.conf import settings as django_settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser
+from django.test import AsyncClient
 
+from chat import replies
+from chat.llm import aclose_client
 from chat.models import Conversation
+from tests.chat_socket import ChatSocket
+from tests.llm_server import FakeLLM
 
 PASSWORD = "correct horse battery staple"
 
@@ -31,3 +37,56 @@ def make_conversation(db: None) -> Callable[..., Conversation]:
         return Conversation.objects.create(owner=owner, **fields)
 
     return make
+
+
+# --- The model: our own OpenAI-compatible server -----------------------------------------
+
+
+@pytest.fixture(scope="session")
+def llm_server() -> Iterator[FakeLLM]:
+    with FakeLLM() as server:
+        yield server
+
+
+@pytest.fixture
+async def llm(llm_server: FakeLLM, settings: Any) -> AsyncIterator[FakeLLM]:
+    """The test model server, fresh for this test, and the app pointed at it."""
+    llm_server.reset()
+    settings.OPENAI_BASE_URL = llm_server.base_url
+    settings.OPENAI_API_KEY = "test-key"
+    yield llm_server
+    # Nothing of this test may outlive it: its replies and the client bound to its loop.
+    await replies.stop_all()
+    await aclose_client()
+
+
+# --- Websockets -----------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def login_cookie() -> Callable[[AbstractBaseUser], Awaitable[str]]:
+    async def login(user: AbstractBaseUser) -> str:
+        client = AsyncClient()
+        await client.aforce_login(user)
+        return f"{django_settings.SESSION_COOKIE_NAME}={client.cookies[django_settings.SESSION_COOKIE_NAME].value}"
+
+    return login
+
+
+@pytest.fixture
+async def open_socket(
+    login_cookie: Callable[[AbstractBaseUser], Awaitable[str]],
+) -> AsyncIterator[Callable[..., Awaitable[ChatSocket]]]:
+    """Open chat sockets as a user; all are closed when the test ends."""
+    sockets: list[ChatSocket] = []
+
+    async def open_(user: AbstractBaseUser | None, conversation_id: Any, **kwargs: Any) -> ChatSocket:
+        cookie = await login_cookie(user) if user is not None else None
+        socket = ChatSocket(conversation_id, cookie=cookie, **kwargs)
+        sockets.append(socket)
+        await socket.connect()
+        return socket
+
+    yield open_
+    for socket in sockets:
+        await socket.close()

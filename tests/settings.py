@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import os
+import tempfile
+from pathlib import Path
 
 os.environ.setdefault("DJANGO_SECRET_KEY", "tests-only-not-a-secret")
 os.environ.setdefault("DJANGO_ALLOWED_HOSTS", "localhost,127.0.0.1,testserver")
 
 from chatsite.settings import *  # noqa: E402, F403
-from chatsite.settings import BASE_DIR, DATABASES  # noqa: E402
+from chatsite.settings import DATABASES  # noqa: E402
 
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
-# Threads (the ORM thread of async code) cannot share an in-memory SQLite database.
+# Threads (the ORM thread of async code) cannot share an in-memory SQLite database; and
+# each run gets its own file, so that two runs on one machine do not share one.
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
-    DATABASES["default"]["TEST"] = {"NAME": str(BASE_DIR / ".test-db.sqlite3")}
+    test_db = Path(tempfile.gettempdir()) / f"chat-test-{os.getpid()}.sqlite3"
+    DATABASES["default"]["TEST"] = {"NAME": str(test_db)}
 
 # Fail fast in tests: a stalled model is detected in a second, not a minute.
 CHAT_READ_TIMEOUT = 1.0

@@ -1,0 +1,203 @@
+"""The one seam to the model: the shared AsyncOpenAI client, prompts, streamed text, errors.
+
+The stream is read from the client's raw response (`with_streaming_response`) and each SSE
+line parsed with `json.loads`: the SDK's typed chunks cost about ten times the CPU per token
+(DESIGN.md section 5), and a relay of thousands of chats is mostly per-token work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import httpx2
+import openai
+from django.conf import settings
+
+logger = logging.getLogger(__name__)
+
+# A rough tokens-per-character ratio for servers that send no usage.
+CHARS_PER_TOKEN = 4
+
+
+@dataclass(frozen=True)
+class Usage:
+    prompt_tokens: int
+    completion_tokens: int
+    estimated: bool = False
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+class LLMError(Exception):
+    """An upstream failure, with one of our error codes and a detail fit for the user."""
+
+    def __init__(self, code: str, detail: str) -> None:
+        super().__init__(f"{code}: {detail}")
+        self.code = code
+        self.detail = detail
+
+
+# --- The shared client ------------------------------------------------------------------
+
+_client: openai.AsyncOpenAI | None = None
+_client_loop: asyncio.AbstractEventLoop | None = None
+
+
+def get_client() -> openai.AsyncOpenAI:
+    """The process's one client; rebuilt only if the event loop changed (as between tests)."""
+    global _client, _client_loop
+    loop = asyncio.get_running_loop()
+    if _client is None or _client_loop is not loop:
+        _client = _build_client()
+        _client_loop = loop
+    return _client
+
+
+async def aclose_client() -> None:
+    """Close the shared client's connections (tests, shutdown)."""
+    global _client, _client_loop
+    client, _client, _client_loop = _client, None, None
+    if client is not None:
+        await client.close()
+
+
+def _build_client() -> openai.AsyncOpenAI:
+    timeout = openai.Timeout(
+        settings.CHAT_READ_TIMEOUT,
+        connect=settings.CHAT_CONNECT_TIMEOUT,
+        pool=settings.CHAT_CONNECT_TIMEOUT,
+    )
+    return openai.AsyncOpenAI(
+        # Local servers (llama.cpp, Ollama, vLLM) need no key, but the SDK insists on one.
+        api_key=settings.OPENAI_API_KEY or "unused",
+        base_url=settings.OPENAI_BASE_URL or None,
+        timeout=timeout,
+        # The SDK retries only before a response starts, never in the middle of a stream.
+        max_retries=settings.CHAT_MAX_RETRIES,
+        # aiohttp reads a stream with about half the CPU of the default transport.
+        http_client=openai.DefaultAioHttpClient(timeout=timeout),
+    )
+
+
+# --- Prompts ----------------------------------------------------------------------------
+
+
+def build_prompt(system_prompt: str, history: Iterable[tuple[str, str]]) -> list[dict[str, str]]:
+    """The messages sent to the model: the system prompt, then the stored turns in order."""
+    messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    messages.extend({"role": role, "content": content} for role, content in history)
+    return messages
+
+
+def estimate_tokens(text: str) -> int:
+    return max(1, len(text) // CHARS_PER_TOKEN) if text else 0
+
+
+# --- Streaming --------------------------------------------------------------------------
+
+
+class ReplyStream:
+    """One streamed completion: iterate `deltas()` for text; `usage` is known once it ends."""
+
+    def __init__(self, model: str, messages: list[dict[str, str]]) -> None:
+        self.model = model
+        self.messages = messages
+        self.usage: Usage | None = None
+        self.finish_reason: str | None = None
+        self._chunks_with_text = 0
+
+    async def deltas(self) -> AsyncIterator[str]:
+        """Yield the reply's text as it arrives; raise LLMError for any upstream failure."""
+        try:
+            async for text in self._read():
+                yield text
+        except openai.APIError as exc:
+            raise _error_from_sdk(exc) from exc
+        except httpx2.TimeoutException as exc:
+            raise LLMError("upstream_timeout", "The model stopped sending; timed out.") from exc
+        except httpx2.HTTPError as exc:
+            raise LLMError(
+                "upstream_disconnected", "The connection to the model broke mid-reply."
+            ) from exc
+        if self.finish_reason is None:
+            raise LLMError("upstream_disconnected", "The model's reply ended unfinished.")
+        if self.usage is None:
+            self.usage = self.estimated_usage()
+
+    async def _read(self) -> AsyncIterator[str]:
+        create = get_client().chat.completions.with_streaming_response.create
+        # `async with` closes the upstream request however this ends: a stop must stop billing.
+        async with create(
+            model=self.model,
+            messages=self.messages,  # type: ignore[arg-type]
+            stream=True,
+            stream_options={"include_usage": True},
+        ) as response:
+            async for line in response.iter_lines():
+                if not line.startswith("data:"):
+                    continue  # blank separators, comments, `event:` lines
+                data = line[5:].strip()
+                if data == "[DONE]":
+                    return
+                for text in self._parse_chunk(data):
+                    yield text
+
+    def _parse_chunk(self, data: str) -> list[str]:
+        try:
+            chunk: dict[str, Any] = json.loads(data)
+        except ValueError as exc:
+            raise LLMError("upstream_malformed", "The model sent a chunk we cannot read.") from exc
+        if not isinstance(chunk, dict):
+            raise LLMError("upstream_malformed", "The model sent a chunk we cannot read.")
+        if "error" in chunk:
+            raise LLMError("upstream_error", _error_message(chunk["error"]))
+        if usage := chunk.get("usage"):
+            self.usage = Usage(
+                prompt_tokens=int(usage.get("prompt_tokens") or 0),
+                completion_tokens=int(usage.get("completion_tokens") or 0),
+            )
+        texts = []
+        for choice in chunk.get("choices") or ():
+            if text := (choice.get("delta") or {}).get("content"):
+                texts.append(text)
+            if reason := choice.get("finish_reason"):
+                self.finish_reason = reason
+        self._chunks_with_text += len(texts)
+        return texts
+
+    def estimated_usage(self) -> Usage:
+        # Most servers send about one token per chunk; the prompt is estimated from its size.
+        prompt = sum(estimate_tokens(m["content"]) + 4 for m in self.messages)
+        return Usage(prompt, self._chunks_with_text, estimated=True)
+
+
+# --- Errors -----------------------------------------------------------------------------
+
+
+def _error_message(error: object) -> str:
+    if isinstance(error, dict):
+        error = error.get("message") or error
+    return str(error)[:300]
+
+
+def _error_from_sdk(exc: openai.APIError) -> LLMError:
+    if isinstance(exc, openai.APITimeoutError):
+        return LLMError("upstream_timeout", "The model did not answer in time.")
+    if isinstance(exc, openai.APIConnectionError):
+        return LLMError("upstream_unreachable", "The model's server cannot be reached.")
+    if isinstance(exc, openai.RateLimitError):
+        return LLMError("upstream_rate_limited", "The model is busy (rate limited); try again.")
+    if isinstance(exc, openai.AuthenticationError | openai.PermissionDeniedError):
+        return LLMError("upstream_auth", "The model's server refused our credentials.")
+    if isinstance(exc, openai.APIStatusError):
+        detail = _error_message(exc.body) if exc.body else exc.message
+        status = exc.status_code
+        return LLMError("upstream_error", f"The model's server answered {status}: {detail}")
+    return LLMError("upstream_error", _error_message(exc.message))

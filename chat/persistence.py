@@ -1,0 +1,241 @@
+"""The database steps of a chat, each one short and each scoped to the conversation's owner.
+
+Steps that need a transaction are one sync function each, run on the ORM thread through
+`database_sync_to_async`: one thread hop per step, not one per query.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+from uuid import UUID
+
+from channels.db import database_sync_to_async
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Sum
+from django.utils import timezone
+
+from chat import llm
+from chat.models import Conversation, Message
+
+
+class Refused(Exception):
+    """A request we will not serve, with the error code the client sees."""
+
+    def __init__(self, code: str, detail: str) -> None:
+        super().__init__(detail)
+        self.code = code
+        self.detail = detail
+
+
+NOT_FOUND = Refused("not_found", "No such conversation.")
+
+
+@dataclass
+class ReplyPlan:
+    """What a reply needs once its messages are stored: whom it answers and with what."""
+
+    conversation: Conversation
+    assistant_message: Message
+    prompt: list[dict[str, str]]
+    user_message: Message | None = None
+    # The messages a rewrite of history (edit, regenerate) removed.
+    removed: list[UUID] = field(default_factory=list)
+
+
+@dataclass
+class State:
+    conversation: Conversation
+    messages: list[Message]
+
+
+# --- Reading ----------------------------------------------------------------------------
+
+
+@database_sync_to_async
+def load_state(user_id: int, conversation_id: UUID, *, reply_running: bool) -> State | None:
+    """The conversation and its recent messages, or None if it is not the user's."""
+    conversation = Conversation.objects.filter(pk=conversation_id, owner_id=user_id).first()
+    if conversation is None:
+        return None
+    if not reply_running:
+        _settle_orphans(conversation, holding_reservation=False)
+    recent = conversation.messages.order_by("-created_at")[: settings.CHAT_STATE_MESSAGES]
+    return State(conversation, list(reversed(recent)))
+
+
+async def owns(user_id: int, conversation_id: UUID) -> bool:
+    return await Conversation.objects.filter(pk=conversation_id, owner_id=user_id).aexists()
+
+
+# --- Starting a reply -------------------------------------------------------------------
+
+
+@database_sync_to_async
+def post_user_message(
+    user_id: int, conversation_id: UUID, content: str, client_msg_id: UUID | None
+) -> ReplyPlan | Message:
+    """Store the user's message and an empty reply; the existing message on a retried send."""
+    with transaction.atomic():
+        conversation = _lock_conversation(user_id, conversation_id)
+        if client_msg_id is not None:
+            existing = conversation.messages.filter(client_msg_id=client_msg_id).first()
+            if existing is not None:
+                return existing
+        _check_limits(user_id)
+        _settle_orphans(conversation, holding_reservation=True)
+        now = timezone.now()
+        user_message = Message(
+            conversation=conversation,
+            role=Message.Role.USER,
+            content=content,
+            client_msg_id=client_msg_id,
+            created_at=now,
+            updated_at=now,
+        )
+        if not conversation.title:
+            conversation.title = content.strip().splitlines()[0][:80]
+        plan = _plan_reply(conversation, [user_message], now)
+        plan.user_message = user_message
+        return plan
+
+
+@database_sync_to_async
+def regenerate(user_id: int, conversation_id: UUID) -> ReplyPlan:
+    """Remove the last reply and plan a new one for the same question."""
+    with transaction.atomic():
+        conversation = _lock_conversation(user_id, conversation_id)
+        _settle_orphans(conversation, holding_reservation=True)
+        last = conversation.messages.order_by("-created_at").first()
+        if last is None or last.role != Message.Role.ASSISTANT:
+            raise Refused("bad_request", "There is no reply to regenerate.")
+        removed = last.id
+        last.delete()
+        plan = _plan_reply(conversation, [], timezone.now())
+        plan.removed = [removed]
+        return plan
+
+
+@database_sync_to_async
+def edit(user_id: int, conversation_id: UUID, message_id: UUID, content: str) -> ReplyPlan:
+    """Change a user message, drop everything after it, and plan a reply to it."""
+    with transaction.atomic():
+        conversation = _lock_conversation(user_id, conversation_id)
+        _settle_orphans(conversation, holding_reservation=True)
+        message = conversation.messages.filter(pk=message_id, role=Message.Role.USER).first()
+        if message is None:
+            raise Refused("not_found", "No such message of yours in this conversation.")
+        later = conversation.messages.filter(created_at__gt=message.created_at)
+        removed = list(later.values_list("id", flat=True))
+        later.delete()
+        now = timezone.now()
+        message.content = content
+        message.updated_at = now
+        message.save(update_fields=["content", "updated_at"])
+        plan = _plan_reply(conversation, [], now)
+        plan.user_message = message
+        plan.removed = removed
+        return plan
+
+
+def _lock_conversation(user_id: int, conversation_id: UUID) -> Conversation:
+    # The row lock serialises the replies of one conversation across processes.
+    conversation = (
+        Conversation.objects.select_for_update()
+        .filter(pk=conversation_id, owner_id=user_id)
+        .first()
+    )
+    if conversation is None:
+        raise NOT_FOUND
+    return conversation
+
+
+def _plan_reply(conversation: Conversation, new: list[Message], now: Any) -> ReplyPlan:
+    """Store `new` messages and an empty streaming reply after them; build the prompt."""
+    assistant = Message(
+        conversation=conversation,
+        role=Message.Role.ASSISTANT,
+        status=Message.Status.STREAMING,
+        model=conversation.model,
+        # After the user's message even when both are stored in the same microsecond.
+        created_at=now + timedelta(microseconds=1),
+        updated_at=now,
+    )
+    Message.objects.bulk_create([*new, assistant])
+    conversation.updated_at = now
+    conversation.save(update_fields=["title", "updated_at"])
+    history = (
+        conversation.messages.exclude(pk=assistant.pk)
+        .exclude(content="")
+        .order_by("created_at")
+        .values_list("role", "content")
+    )
+    prompt = llm.build_prompt(conversation.system_prompt, history)
+    return ReplyPlan(conversation, assistant, prompt)
+
+
+def _settle_orphans(conversation: Conversation, *, holding_reservation: bool) -> None:
+    """Mark replies left `streaming` by a process that died as `interrupted`.
+
+    With one process the local registry knows every running reply, so a streaming message
+    nobody runs is an orphan. With several (a Redis channel layer), a reply is an orphan
+    once its checkpoints have stopped for longer than any upstream read could take.
+    """
+    streaming = conversation.messages.filter(status=Message.Status.STREAMING)
+    if settings.REDIS_URL:
+        stale_before = timezone.now() - timedelta(seconds=settings.CHAT_STALE_REPLY_SECONDS)
+        if holding_reservation and streaming.filter(updated_at__gte=stale_before).exists():
+            raise Refused("busy", "A reply is still being written; stop it or wait.")
+        streaming = streaming.filter(updated_at__lt=stale_before)
+    streaming.update(
+        status=Message.Status.INTERRUPTED,
+        error_code="interrupted",
+        error_detail="The server stopped while writing this reply.",
+        updated_at=timezone.now(),
+    )
+
+
+def _check_limits(user_id: int) -> None:
+    now = timezone.now()
+    mine = Message.objects.filter(conversation__owner_id=user_id)
+    sent = mine.filter(role=Message.Role.USER, created_at__gte=now - timedelta(minutes=1))
+    if sent.count() >= settings.CHAT_MESSAGES_PER_MINUTE:
+        raise Refused("rate_limited", "You are sending messages too fast; wait a minute.")
+    if settings.CHAT_TOKENS_PER_DAY:
+        midnight = now.replace(hour=0, minute=0, second=0, microsecond=0)
+        used = mine.filter(created_at__gte=midnight).aggregate(used=Sum("total_tokens"))["used"]
+        if (used or 0) >= settings.CHAT_TOKENS_PER_DAY:
+            raise Refused("quota_exceeded", "You have used today's tokens; come back tomorrow.")
+
+
+# --- While and after a reply streams -------------------------------------------------------
+
+
+async def checkpoint(message_id: UUID, content: str) -> None:
+    """Save the partial text, so that a crash loses at most a second of it."""
+    await Message.objects.filter(pk=message_id, status=Message.Status.STREAMING).aupdate(
+        content=content, updated_at=timezone.now()
+    )
+
+
+async def finish(
+    message_id: UUID,
+    content: str,
+    status: str,
+    usage: llm.Usage | None,
+    error: llm.LLMError | None,
+) -> None:
+    """Write the reply whole, with the status that says how it ended."""
+    await Message.objects.filter(pk=message_id).aupdate(
+        content=content,
+        status=status,
+        prompt_tokens=usage.prompt_tokens if usage else None,
+        completion_tokens=usage.completion_tokens if usage else None,
+        total_tokens=usage.total_tokens if usage else None,
+        usage_estimated=usage.estimated if usage else False,
+        error_code=error.code if error else "",
+        error_detail=error.detail if error else "",
+        updated_at=timezone.now(),
+    )
