@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+import aiohttp
 import httpx2
 import openai
 from django.conf import settings
@@ -187,7 +188,22 @@ def _error_message(error: object) -> str:
     return str(error)[:300]
 
 
+def _caused_by(exc: BaseException, kind: type[BaseException]) -> bool:
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, kind):
+            return True
+        cause = cause.__cause__ or cause.__context__
+    return False
+
+
 def _error_from_sdk(exc: openai.APIError) -> LLMError:
+    # The aiohttp transport reports a refused or dropped connection as a connect *timeout*.
+    if isinstance(exc, openai.APIConnectionError):
+        if _caused_by(exc, ConnectionRefusedError):
+            return LLMError("upstream_unreachable", "The model's server cannot be reached.")
+        if _caused_by(exc, aiohttp.ServerDisconnectedError):
+            return LLMError("upstream_disconnected", "The model's server hung up.")
     if isinstance(exc, openai.APITimeoutError):
         return LLMError("upstream_timeout", "The model did not answer in time.")
     if isinstance(exc, openai.APIConnectionError):

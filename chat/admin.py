@@ -1,0 +1,164 @@
+"""Staff read conversation transcripts here; the admin never rewrites what was said."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from django.contrib import admin
+from django.db.models import Aggregate, Count, IntegerField, OuterRef, QuerySet, Subquery, Sum
+from django.db.models.functions import Coalesce
+from django.http import HttpRequest
+
+from chat.models import Conversation, Message
+
+# Django's admin classes are not subscriptable at runtime (no django_stubs_ext monkeypatch),
+# yet mypy strict wants their type parameters.
+if TYPE_CHECKING:
+    ConversationAdminBase = admin.ModelAdmin[Conversation]
+    MessageAdminBase = admin.ModelAdmin[Message]
+    MessageInlineBase = admin.TabularInline[Message, Conversation]
+else:
+    ConversationAdminBase = MessageAdminBase = admin.ModelAdmin
+    MessageInlineBase = admin.TabularInline
+
+
+def per_conversation(aggregate: Aggregate) -> Subquery:
+    """One aggregate over the outer row's messages, as a scalar subquery."""
+    # values() before annotate() groups by conversation: one row, not one per message.
+    messages = (
+        Message.objects.filter(conversation=OuterRef("pk")).order_by().values("conversation")
+    )
+    return Subquery(
+        messages.annotate(value=aggregate).values("value"), output_field=IntegerField()
+    )
+
+
+def with_transcript_stats(conversations: QuerySet[Conversation]) -> QuerySet[Conversation]:
+    """Annotates the last reply's status, the message count and the tokens spent.
+
+    Correlated subqueries rather than JOIN + GROUP BY: they run only for the page of rows
+    shown (served by the conversation/created_at index), and a search that joins messages
+    cannot multiply the sums.
+    """
+    last_reply = Message.objects.filter(
+        conversation=OuterRef("pk"), role=Message.Role.ASSISTANT
+    ).order_by("-created_at")
+    return conversations.annotate(
+        last_reply_status=Subquery(last_reply.values("status")[:1]),
+        # No messages means no group and so NULL; a count should read 0 (and sort as 0).
+        message_count=Coalesce(per_conversation(Count("pk")), 0),
+        tokens_used=per_conversation(Sum("total_tokens")),
+    )
+
+
+class MessageInline(MessageInlineBase):
+    """The transcript, oldest first, for reading only."""
+
+    model = Message
+    ordering = ("created_at",)
+    fields = ("role", "status", "content", "model", "tokens", "error", "created_at")
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+    show_change_link = False
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    @admin.display(description="tokens")
+    def tokens(self, message: Message) -> str:
+        if message.total_tokens is None:
+            return "-"
+        estimated = " (estimated)" if message.usage_estimated else ""
+        return (
+            f"{message.total_tokens} = {message.prompt_tokens or 0} in"
+            f" + {message.completion_tokens or 0} out{estimated}"
+        )
+
+    @admin.display(description="error")
+    def error(self, message: Message) -> str:
+        if not message.error_code:
+            return "-"
+        return f"{message.error_code}: {message.error_detail}"
+
+
+@admin.register(Conversation)
+class ConversationAdmin(ConversationAdminBase):
+    # --- Changelist ---
+    list_display = (
+        "__str__",
+        "owner",
+        "model",
+        "last_reply_status",
+        "message_count",
+        "tokens_used",
+        "created_at",
+        "updated_at",
+    )
+    list_select_related = ("owner",)
+    # An owner filter would list every user in the sidebar; search "=username" instead.
+    list_filter = ("model", "created_at", "updated_at")
+    # Searching message text joins messages; the changelist then dedupes with EXISTS.
+    search_fields = ("title", "messages__content", "=owner__username")
+    search_help_text = "Title, message text, or an exact username."
+    ordering = ("-updated_at",)
+    # Counting the whole unfiltered table on every search is the slowest query on the page.
+    show_full_result_count = False
+
+    # --- Change page ---
+    fields = ("id", "owner", "title", "model", "system_prompt", "created_at", "updated_at")
+    readonly_fields = ("id", "owner", "created_at", "updated_at")
+    inlines = (MessageInline,)
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Conversation]:
+        return with_transcript_stats(super().get_queryset(request))
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        # A conversation belongs to the user who had it; staff do not start one for them.
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        # Deleting here would bypass stopping a running reply; users delete their own.
+        return False
+
+    @admin.display(description="last reply", ordering="last_reply_status")
+    def last_reply_status(self, conversation: Conversation) -> str:
+        return getattr(conversation, "last_reply_status", None) or "-"
+
+    @admin.display(description="messages", ordering="message_count")
+    def message_count(self, conversation: Conversation) -> int:
+        count: int = getattr(conversation, "message_count", 0)
+        return count
+
+    @admin.display(description="tokens", ordering="tokens_used")
+    def tokens_used(self, conversation: Conversation) -> int | None:
+        tokens: int | None = getattr(conversation, "tokens_used", None)
+        return tokens
+
+
+@admin.register(Message)
+class MessageAdmin(MessageAdminBase):
+    """Every message across conversations, read-only: for finding, not editing."""
+
+    list_display = ("__str__", "conversation", "role", "status", "model", "created_at")
+    list_select_related = ("conversation",)
+    list_filter = ("role", "status", "created_at")
+    search_fields = ("content",)
+    ordering = ("-created_at",)
+    show_full_result_count = False
+    raw_id_fields = ("conversation",)
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False

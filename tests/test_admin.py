@@ -1,0 +1,177 @@
+"""The admin as staff use it: transcripts listed with their stats, searched, read, never edited."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from django.urls import reverse
+from django.utils import timezone
+
+from chat.models import Conversation, Message
+
+CHANGELIST_URL = reverse("admin:chat_conversation_changelist")
+
+
+def add_messages(conversation: Conversation, *specs: dict[str, object]) -> list[Message]:
+    """Messages one second apart, in the order given."""
+    start = timezone.now() - timedelta(hours=1)
+    return [
+        Message.objects.create(
+            conversation=conversation, created_at=start + timedelta(seconds=i), **spec
+        )
+        for i, spec in enumerate(specs)
+    ]
+
+
+@pytest.fixture
+def transcript(user, make_conversation):
+    conversation = make_conversation(user, title="Soup recipes")
+    add_messages(
+        conversation,
+        {"role": "user", "content": "A soup, please"},
+        {"role": "assistant", "content": "Leek soup.", "total_tokens": 15},
+        {"role": "user", "content": "Another one"},
+        {"role": "assistant", "content": "Pea so", "status": "stopped", "total_tokens": 3},
+        # A later user message: the last *reply* is still the stopped one.
+        {"role": "user", "content": "Hello?"},
+    )
+    return conversation
+
+
+@pytest.mark.django_db
+def test_changelist_annotates_reply_status_count_and_tokens(admin_client, transcript):
+    response = admin_client.get(CHANGELIST_URL)
+
+    assert response.status_code == 200
+    [row] = response.context["cl"].result_list
+    assert row.last_reply_status == "stopped"
+    assert row.message_count == 5
+    assert row.tokens_used == 18
+    assert b"Soup recipes" in response.content
+
+
+@pytest.mark.django_db
+def test_changelist_conversation_without_messages_shows_zero(
+    admin_client, user, make_conversation
+):
+    make_conversation(user, title="Empty")
+
+    response = admin_client.get(CHANGELIST_URL)
+
+    [row] = response.context["cl"].result_list
+    assert (row.last_reply_status, row.message_count, row.tokens_used) == (None, 0, None)
+
+
+@pytest.mark.django_db
+def test_changelist_search_by_message_text_finds_conversation_once(
+    admin_client, user, make_conversation
+):
+    wanted = make_conversation(user, title="Untitled")
+    add_messages(
+        wanted,
+        {"role": "user", "content": "needle one"},
+        {"role": "assistant", "content": "needle two", "total_tokens": 4},
+    )
+    add_messages(make_conversation(user, title="Other"), {"role": "user", "content": "hay"})
+
+    response = admin_client.get(CHANGELIST_URL, {"q": "needle"})
+
+    cl = response.context["cl"]
+    assert [row.pk for row in cl.result_list] == [wanted.pk]
+    assert cl.result_count == 1
+    # The join used by the search must not multiply the annotated sums either.
+    assert cl.result_list[0].tokens_used == 4
+
+
+@pytest.mark.django_db
+def test_changelist_search_by_exact_username(admin_client, user, other_user, make_conversation):
+    theirs = make_conversation(other_user, title="Mallory's")
+    make_conversation(user, title="Alice's")
+
+    response = admin_client.get(CHANGELIST_URL, {"q": other_user.username})
+
+    assert [row.pk for row in response.context["cl"].result_list] == [theirs.pk]
+
+
+@pytest.mark.django_db
+def test_changelist_query_count_does_not_grow_with_rows(
+    admin_client, user, other_user, make_conversation, django_assert_max_num_queries
+):
+    for i in range(30):
+        conversation = make_conversation(user if i % 2 else other_user, title=f"c{i}")
+        add_messages(
+            conversation,
+            {"role": "user", "content": "hi"},
+            {"role": "assistant", "content": "hello", "total_tokens": 2},
+        )
+
+    # Session, user, count, rows, the model filter's choices: one N+1 would add 30.
+    with django_assert_max_num_queries(6):
+        response = admin_client.get(CHANGELIST_URL)
+
+    assert len(response.context["cl"].result_list) == 30
+
+
+@pytest.mark.django_db
+def test_change_page_shows_transcript_read_only_in_order(admin_client, transcript):
+    url = reverse("admin:chat_conversation_change", args=[transcript.pk])
+
+    response = admin_client.get(url)
+
+    assert response.status_code == 200
+    [inline] = response.context["inline_admin_formsets"]
+    assert not inline.has_add_permission
+    assert not inline.has_change_permission
+    assert not inline.has_delete_permission
+    content = response.content.decode()
+    # Shown as text, not as form fields that could be submitted.
+    assert 'name="messages-0-content"' not in content
+    positions = [content.index(text) for text in ("A soup, please", "Leek soup.", "Hello?")]
+    assert positions == sorted(positions)
+    assert "15 = 0 in + 0 out" in content
+
+
+@pytest.mark.django_db
+def test_change_page_post_cannot_edit_messages(admin_client, transcript):
+    url = reverse("admin:chat_conversation_change", args=[transcript.pk])
+    first = transcript.messages.order_by("created_at").first()
+
+    admin_client.post(
+        url,
+        {
+            "title": "Renamed",
+            "model": transcript.model,
+            "system_prompt": "",
+            "messages-TOTAL_FORMS": "1",
+            "messages-INITIAL_FORMS": "1",
+            "messages-0-id": str(first.pk),
+            "messages-0-conversation": str(transcript.pk),
+            "messages-0-content": "rewritten",
+        },
+    )
+
+    first.refresh_from_db()
+    assert first.content == "A soup, please"
+
+
+@pytest.mark.django_db
+def test_conversation_admin_add_and_delete_are_forbidden(admin_client, transcript):
+    add = admin_client.get(reverse("admin:chat_conversation_add"))
+    delete = admin_client.get(reverse("admin:chat_conversation_delete", args=[transcript.pk]))
+
+    assert (add.status_code, delete.status_code) == (403, 403)
+
+
+@pytest.mark.django_db
+def test_message_admin_is_read_only(admin_client, transcript):
+    message = transcript.messages.first()
+    change_url = reverse("admin:chat_message_change", args=[message.pk])
+
+    listing = admin_client.get(reverse("admin:chat_message_changelist"))
+    change = admin_client.get(change_url)
+
+    assert listing.status_code == 200
+    assert change.status_code == 200
+    assert not change.context["has_change_permission"]
+    assert admin_client.get(reverse("admin:chat_message_add")).status_code == 403
