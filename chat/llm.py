@@ -10,14 +10,15 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 import httpx2
 import openai
 from django.conf import settings
+from openai.types.chat import ChatCompletionMessageParam
 
 logger = logging.getLogger(__name__)
 
@@ -114,7 +115,7 @@ class ReplyStream:
         self.finish_reason: str | None = None
         self._chunks_with_text = 0
 
-    async def deltas(self) -> AsyncIterator[str]:
+    async def deltas(self) -> AsyncGenerator[str]:
         """Yield the reply's text as it arrives; raise LLMError for any upstream failure."""
         try:
             async for text in self._read():
@@ -137,7 +138,7 @@ class ReplyStream:
         # `async with` closes the upstream request however this ends: a stop must stop billing.
         async with create(
             model=self.model,
-            messages=self.messages,  # type: ignore[arg-type]
+            messages=cast("list[ChatCompletionMessageParam]", self.messages),
             stream=True,
             stream_options={"include_usage": True},
         ) as response:

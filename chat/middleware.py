@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from typing import cast
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.http import HttpRequest, HttpResponseBase
@@ -26,14 +27,15 @@ class ContentSecurityPolicyMiddleware:
             markcoroutinefunction(self)
 
     def __call__(self, request: HttpRequest) -> HttpResponseBase | Awaitable[HttpResponseBase]:
-        if iscoroutinefunction(self):
+        if iscoroutinefunction(self.get_response):
             return self._acall(request)
-        response = self.get_response(request)
-        return self._add_policy(response)
+        return self._add_policy(self.get_response(request))
 
     async def _acall(self, request: HttpRequest) -> HttpResponseBase:
-        response = await self.get_response(request)  # type: ignore[misc]
-        return self._add_policy(response)
+        get_response = cast(
+            "Callable[[HttpRequest], Awaitable[HttpResponseBase]]", self.get_response
+        )
+        return self._add_policy(await get_response(request))
 
     @staticmethod
     def _add_policy(response: HttpResponseBase) -> HttpResponseBase:

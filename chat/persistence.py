@@ -6,9 +6,10 @@ Steps that need a transaction are one sync function each, run on the ORM thread 
 
 from __future__ import annotations
 
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any
+from typing import Any, ParamSpec, TypeVar, cast
 from uuid import UUID
 
 from channels.db import database_sync_to_async
@@ -19,6 +20,15 @@ from django.utils import timezone
 
 from chat import llm
 from chat.models import Conversation, Message
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def db_step(function: Callable[P, R]) -> Callable[P, Coroutine[Any, Any, R]]:
+    """Run on the ORM thread, closing connections that broke or aged out (PostgreSQL
+    restarts, the pool's recycling) before and after: the async ORM's own methods don't."""
+    return cast("Callable[P, Coroutine[Any, Any, R]]", database_sync_to_async(function))
 
 
 class Refused(Exception):
@@ -54,7 +64,7 @@ class State:
 # --- Reading ----------------------------------------------------------------------------
 
 
-@database_sync_to_async
+@db_step
 def load_state(user_id: int, conversation_id: UUID, *, reply_running: bool) -> State | None:
     """The conversation and its recent messages, or None if it is not the user's."""
     conversation = Conversation.objects.filter(pk=conversation_id, owner_id=user_id).first()
@@ -66,14 +76,15 @@ def load_state(user_id: int, conversation_id: UUID, *, reply_running: bool) -> S
     return State(conversation, list(reversed(recent)))
 
 
-async def owns(user_id: int, conversation_id: UUID) -> bool:
-    return await Conversation.objects.filter(pk=conversation_id, owner_id=user_id).aexists()
+@db_step
+def owns(user_id: int, conversation_id: UUID) -> bool:
+    return Conversation.objects.filter(pk=conversation_id, owner_id=user_id).exists()
 
 
 # --- Starting a reply -------------------------------------------------------------------
 
 
-@database_sync_to_async
+@db_step
 def post_user_message(
     user_id: int, conversation_id: UUID, content: str, client_msg_id: UUID | None
 ) -> ReplyPlan | Message:
@@ -102,7 +113,7 @@ def post_user_message(
         return plan
 
 
-@database_sync_to_async
+@db_step
 def regenerate(user_id: int, conversation_id: UUID) -> ReplyPlan:
     """Remove the last reply and plan a new one for the same question."""
     with transaction.atomic():
@@ -118,7 +129,7 @@ def regenerate(user_id: int, conversation_id: UUID) -> ReplyPlan:
         return plan
 
 
-@database_sync_to_async
+@db_step
 def edit(user_id: int, conversation_id: UUID, message_id: UUID, content: str) -> ReplyPlan:
     """Change a user message, drop everything after it, and plan a reply to it."""
     with transaction.atomic():
@@ -213,14 +224,16 @@ def _check_limits(user_id: int) -> None:
 # --- While and after a reply streams -------------------------------------------------------
 
 
-async def checkpoint(message_id: UUID, content: str) -> None:
+@db_step
+def checkpoint(message_id: UUID, content: str) -> None:
     """Save the partial text, so that a crash loses at most a second of it."""
-    await Message.objects.filter(pk=message_id, status=Message.Status.STREAMING).aupdate(
+    Message.objects.filter(pk=message_id, status=Message.Status.STREAMING).update(
         content=content, updated_at=timezone.now()
     )
 
 
-async def finish(
+@db_step
+def finish(
     message_id: UUID,
     content: str,
     status: str,
@@ -228,7 +241,7 @@ async def finish(
     error: llm.LLMError | None,
 ) -> None:
     """Write the reply whole, with the status that says how it ended."""
-    await Message.objects.filter(pk=message_id).aupdate(
+    Message.objects.filter(pk=message_id).update(
         content=content,
         status=status,
         prompt_tokens=usage.prompt_tokens if usage else None,

@@ -96,6 +96,8 @@ DATABASES = {
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # Concurrent writers from the ORM thread and management commands: WAL, writers take
     # the lock up front, and wait for it rather than failing with "database is locked".
+    # One file, no server: keep the connection open rather than reopen it for every step.
+    DATABASES["default"]["CONN_MAX_AGE"] = None
     DATABASES["default"]["OPTIONS"] = {
         "transaction_mode": "IMMEDIATE",
         "timeout": 20,

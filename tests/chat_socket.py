@@ -55,7 +55,7 @@ class ChatSocket:
                 return frames
 
     async def nothing_more(self) -> bool:
-        return await self.communicator.receive_nothing(timeout=0.2)
+        return bool(await self.communicator.receive_nothing(timeout=0.2))
 
     async def close(self) -> None:
         if self.connected:

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from django.conf import settings as django_settings
 from django.contrib.auth import get_user_model
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.test import AsyncClient
 
 from chat import replies
@@ -21,18 +21,18 @@ PASSWORD = "correct horse battery staple"
 
 
 @pytest.fixture
-def user(db: None) -> AbstractBaseUser:
+def user(db: None) -> User:
     return get_user_model().objects.create_user("alice", password=PASSWORD)
 
 
 @pytest.fixture
-def other_user(db: None) -> AbstractBaseUser:
+def other_user(db: None) -> User:
     return get_user_model().objects.create_user("mallory", password=PASSWORD)
 
 
 @pytest.fixture
 def make_conversation(db: None) -> Callable[..., Conversation]:
-    def make(owner: AbstractBaseUser, **fields: Any) -> Conversation:
+    def make(owner: User, **fields: Any) -> Conversation:
         fields.setdefault("model", "test-model")
         return Conversation.objects.create(owner=owner, **fields)
 
@@ -64,23 +64,24 @@ async def llm(llm_server: FakeLLM, settings: Any) -> AsyncIterator[FakeLLM]:
 
 
 @pytest.fixture
-async def login_cookie() -> Callable[[AbstractBaseUser], Awaitable[str]]:
-    async def login(user: AbstractBaseUser) -> str:
+async def login_cookie() -> Callable[[User], Awaitable[str]]:
+    async def login(user: User) -> str:
         client = AsyncClient()
         await client.aforce_login(user)
-        return f"{django_settings.SESSION_COOKIE_NAME}={client.cookies[django_settings.SESSION_COOKIE_NAME].value}"
+        name = django_settings.SESSION_COOKIE_NAME
+        return f"{name}={client.cookies[name].value}"
 
     return login
 
 
 @pytest.fixture
 async def open_socket(
-    login_cookie: Callable[[AbstractBaseUser], Awaitable[str]],
+    login_cookie: Callable[[User], Awaitable[str]],
 ) -> AsyncIterator[Callable[..., Awaitable[ChatSocket]]]:
     """Open chat sockets as a user; all are closed when the test ends."""
     sockets: list[ChatSocket] = []
 
-    async def open_(user: AbstractBaseUser | None, conversation_id: Any, **kwargs: Any) -> ChatSocket:
+    async def open_(user: User | None, conversation_id: Any, **kwargs: Any) -> ChatSocket:
         cookie = await login_cookie(user) if user is not None else None
         socket = ChatSocket(conversation_id, cookie=cookie, **kwargs)
         sockets.append(socket)

@@ -38,7 +38,9 @@ async def test_fifty_chats_at_once_take_about_as_long_as_one(llm, user, login_co
         one_chat = time.monotonic() - started
 
         started = time.monotonic()
-        done = await asyncio.gather(*(chat_once(s, f"chat {i}") for i, s in enumerate(sockets[1:])))
+        done = await asyncio.gather(
+            *(chat_once(s, f"chat {i}") for i, s in enumerate(sockets[1:]))
+        )
         fifty_chats = time.monotonic() - started
     finally:
         await asyncio.gather(*(socket.close() for socket in sockets))

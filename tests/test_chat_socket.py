@@ -277,7 +277,9 @@ async def test_tokens_per_day_are_limited(llm, user, conversation, open_socket, 
     assert (await socket.receive())["code"] == "quota_exceeded"
 
 
-async def test_orphaned_streaming_reply_is_marked_interrupted(llm, user, conversation, open_socket):
+async def test_orphaned_streaming_reply_is_marked_interrupted(
+    llm, user, conversation, open_socket
+):
     # A reply left `streaming` by a server that stopped mid-reply, with its last checkpoint.
     orphan = await Message.objects.acreate(
         conversation=conversation, role="assistant", status="streaming", content="Half a"
