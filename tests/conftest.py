@@ -6,9 +6,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
+from asgiref.sync import SyncToAsync
 from django.conf import settings as django_settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import User
+from django.db import connections
 from django.test import AsyncClient
 
 from chat import replies
@@ -18,6 +20,14 @@ from tests.chat_socket import ChatSocket
 from tests.llm_server import FakeLLM
 
 PASSWORD = "correct horse battery staple"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def close_orm_thread_connections(django_db_setup: None) -> Iterator[None]:
+    """Close the connections of the thread where async code runs the ORM, before the test
+    database is dropped: PostgreSQL refuses to drop a database somebody is connected to."""
+    yield
+    SyncToAsync.single_thread_executor.submit(connections.close_all).result()
 
 
 @pytest.fixture

@@ -19,6 +19,8 @@ PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     test_db = Path(tempfile.gettempdir()) / f"chat-test-{os.getpid()}.sqlite3"
     DATABASES["default"]["TEST"] = {"NAME": str(test_db)}
+else:
+    DATABASES["default"]["TEST"] = {"NAME": f"test_chat_{os.getpid()}"}
 
 # Fail fast in tests: a stalled model is detected in a second, not a minute.
 CHAT_READ_TIMEOUT = 1.0

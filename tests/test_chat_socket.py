@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from datetime import timedelta
 
 import pytest
+from django.utils import timezone
 
 from chat.models import Conversation, Message
 from tests.chat_socket import deltas_text
@@ -282,7 +284,11 @@ async def test_orphaned_streaming_reply_is_marked_interrupted(
 ):
     # A reply left `streaming` by a server that stopped mid-reply, with its last checkpoint.
     orphan = await Message.objects.acreate(
-        conversation=conversation, role="assistant", status="streaming", content="Half a"
+        conversation=conversation,
+        role="assistant",
+        status="streaming",
+        content="Half a",
+        updated_at=timezone.now() - timedelta(hours=1),
     )
     socket = await open_socket(user, conversation.id)
     (shown,) = socket.state["messages"]
@@ -302,3 +308,20 @@ async def test_conversation_model_is_sent_upstream(llm, user, make_conversation,
     done = (await socket.receive_until("done"))[-1]
     assert llm.requests[-1]["model"] == "other-model"
     assert (await Message.objects.aget(pk=done["message_id"])).model == "other-model"
+
+
+async def test_fresh_reply_of_another_process_is_left_alone(
+    llm, user, conversation, open_socket, settings
+):
+    # With several processes (a Redis layer), a streaming reply this process does not run
+    # may be another's: it is an orphan only once its checkpoints have stopped.
+    settings.REDIS_URL = "redis://127.0.0.1:6379/0"
+    running = await Message.objects.acreate(
+        conversation=conversation, role="assistant", status="streaming", content="Going"
+    )
+    socket = await open_socket(user, conversation.id)
+    assert socket.state["messages"][0]["status"] == "streaming"
+    await socket.send(type="send", content="Me too")
+    assert (await socket.receive())["code"] == "busy"
+    await running.arefresh_from_db()
+    assert running.status == "streaming"
