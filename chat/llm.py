@@ -8,6 +8,7 @@ line parsed with `json.loads`: the SDK's typed chunks cost about ten times the C
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Iterable
@@ -88,18 +89,53 @@ def _build_client() -> openai.AsyncOpenAI:
     )
 
 
+_turns: asyncio.Semaphore | None = None
+_turns_loop: asyncio.AbstractEventLoop | None = None
+
+
+def upstream_turn() -> contextlib.AbstractAsyncContextManager[Any]:
+    """Wait for a free slot when the model serves a limited number of requests at once
+    (llama.cpp serves one): waiting here, the reply shows as waiting, not as timed out."""
+    global _turns, _turns_loop
+    limit = settings.CHAT_UPSTREAM_CONCURRENCY
+    if not limit:
+        return contextlib.nullcontext()
+    loop = asyncio.get_running_loop()
+    if _turns is None or _turns_loop is not loop:
+        _turns, _turns_loop = asyncio.Semaphore(limit), loop
+    return _turns
+
+
 # --- Prompts ----------------------------------------------------------------------------
 
 
-def build_prompt(system_prompt: str, history: Iterable[tuple[str, str]]) -> list[dict[str, str]]:
-    """The messages sent to the model: the system prompt, then the stored turns in order."""
-    messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
-    messages.extend({"role": role, "content": content} for role, content in history)
-    return messages
+def build_prompt(
+    system_prompt: str, history: Iterable[tuple[str, str]], budget: int = 0
+) -> list[dict[str, str]]:
+    """The messages sent to the model: the system prompt, then the latest turns that fit
+    in `budget` tokens (0: all of them). A message is sent whole or not at all, and the
+    last one (the question being answered) always."""
+    system = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    turns = [{"role": role, "content": content} for role, content in history]
+    if budget:
+        left = budget - sum(message_tokens(m) for m in system)
+        kept = 0
+        for message in reversed(turns):
+            left -= message_tokens(message)
+            if left < 0 and kept:
+                break
+            kept += 1
+        turns = turns[len(turns) - kept :]
+    return system + turns
 
 
 def estimate_tokens(text: str) -> int:
     return max(1, len(text) // CHARS_PER_TOKEN) if text else 0
+
+
+def message_tokens(message: dict[str, str]) -> int:
+    # Chat templates add a few tokens of framing to every message.
+    return estimate_tokens(message["content"]) + 4
 
 
 # --- Streaming --------------------------------------------------------------------------
@@ -135,13 +171,20 @@ class ReplyStream:
 
     async def _read(self) -> AsyncIterator[str]:
         create = get_client().chat.completions.with_streaming_response.create
+        extra: dict[str, Any] = {}
+        if settings.CHAT_MAX_REPLY_TOKENS:
+            extra["max_tokens"] = settings.CHAT_MAX_REPLY_TOKENS
         # `async with` closes the upstream request however this ends: a stop must stop billing.
-        async with create(
-            model=self.model,
-            messages=cast("list[ChatCompletionMessageParam]", self.messages),
-            stream=True,
-            stream_options={"include_usage": True},
-        ) as response:
+        async with (
+            upstream_turn(),
+            create(
+                model=self.model,
+                messages=cast("list[ChatCompletionMessageParam]", self.messages),
+                stream=True,
+                stream_options={"include_usage": True},
+                **extra,
+            ) as response,
+        ):
             async for line in response.iter_lines():
                 if not line.startswith("data:"):
                     continue  # blank separators, comments, `event:` lines
@@ -176,7 +219,7 @@ class ReplyStream:
 
     def estimated_usage(self) -> Usage:
         # Most servers send about one token per chunk; the prompt is estimated from its size.
-        prompt = sum(estimate_tokens(m["content"]) + 4 for m in self.messages)
+        prompt = sum(message_tokens(m) for m in self.messages)
         return Usage(prompt, self._chunks_with_text, estimated=True)
 
 
@@ -185,7 +228,8 @@ class ReplyStream:
 
 def _error_message(error: object) -> str:
     if isinstance(error, dict):
-        error = error.get("message") or error
+        # OpenAI says {"message": ...}; FastAPI-based servers say {"detail": ...}.
+        error = error.get("message") or error.get("detail") or error
     return str(error)[:300]
 
 

@@ -183,7 +183,7 @@ def _plan_reply(conversation: Conversation, new: list[Message], now: Any) -> Rep
         .order_by("created_at")
         .values_list("role", "content")
     )
-    prompt = llm.build_prompt(conversation.system_prompt, history)
+    prompt = llm.build_prompt(conversation.system_prompt, history, settings.CHAT_CONTEXT_TOKENS)
     return ReplyPlan(conversation, assistant, prompt)
 
 

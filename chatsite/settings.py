@@ -164,11 +164,22 @@ LOGGING = {
 
 OPENAI_API_KEY = os.environ.get("OPENAI_API_KEY", "")
 OPENAI_BASE_URL = os.environ.get("OPENAI_BASE_URL", "")
-CHAT_MODELS = env_list("CHAT_MODELS", "gpt-4o-mini")
+# Set by `manage.py serve` when it runs the bundled offline model (no endpoint configured).
+CHAT_LOCAL_MODEL = env_bool("CHAT_LOCAL_MODEL")
+CHAT_MODELS = env_list(
+    "CHAT_MODELS",
+    "gpt-4o-mini" if (OPENAI_API_KEY or OPENAI_BASE_URL) else "SmolLM2-135M-Instruct",
+)
 
 CHAT_CONNECT_TIMEOUT = env_float("CHAT_CONNECT_TIMEOUT", 5.0)
 CHAT_READ_TIMEOUT = env_float("CHAT_READ_TIMEOUT", 60.0)
 CHAT_MAX_RETRIES = env_int("CHAT_MAX_RETRIES", 2)
+# Requests the model may serve at once (0: no limit); the rest wait their turn here.
+CHAT_UPSTREAM_CONCURRENCY = env_int("CHAT_UPSTREAM_CONCURRENCY", 0)
+# The prompt's budget in (estimated) tokens: older turns are dropped to fit (0: no limit).
+CHAT_CONTEXT_TOKENS = env_int("CHAT_CONTEXT_TOKENS", 0)
+# The longest reply asked for (`max_tokens`; 0: the server's default).
+CHAT_MAX_REPLY_TOKENS = env_int("CHAT_MAX_REPLY_TOKENS", 0)
 
 CHAT_MAX_INPUT_CHARS = env_int("CHAT_MAX_INPUT_CHARS", 16_000)
 CHAT_MESSAGES_PER_MINUTE = env_int("CHAT_MESSAGES_PER_MINUTE", 20)
