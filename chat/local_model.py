@@ -4,6 +4,7 @@ server, run as a child process on a free loopback port when no endpoint is confi
 from __future__ import annotations
 
 import importlib.util
+import os
 import socket
 import subprocess
 import sys
@@ -37,6 +38,13 @@ def free_port() -> int:
         return port
 
 
+def _child_environment() -> dict[str, str]:
+    # The server reads its settings from the environment too, and the environment wins over
+    # its arguments: a PORT or HOST meant for us (`make run PORT=...`) would move it.
+    keep = {"PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"}
+    return {name: value for name, value in os.environ.items() if name in keep}
+
+
 class LocalModelServer:
     """llama.cpp's server as a child process; `stop()` (or leaving `with`) ends it."""
 
@@ -60,7 +68,9 @@ class LocalModelServer:
             # A client that closes its stream (our Stop) ends the generation at once.
             "--interrupt_requests", "True",
         ]  # fmt: skip
-        self.process = subprocess.Popen(command, stdin=subprocess.DEVNULL)  # noqa: S603
+        self.process = subprocess.Popen(  # noqa: S603
+            command, stdin=subprocess.DEVNULL, env=_child_environment()
+        )
         self._wait_until_ready(timeout, progress or (lambda _: None))
 
     def _wait_until_ready(self, timeout: float, progress: Callable[[str], None]) -> None:
