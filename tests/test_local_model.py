@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import pytest
 from asgiref.sync import sync_to_async
@@ -45,7 +46,7 @@ async def conversation(user, make_conversation):
     return await sync_to_async(make_conversation)(user, model=local_model.MODEL_NAME)
 
 
-async def first_delta_after_send(socket, content: str) -> tuple[float, list[dict]]:
+async def first_delta_after_send(socket, content: str) -> tuple[float, list[dict[str, Any]]]:
     started = time.monotonic()
     await socket.send(type="send", content=content)
     frames = await socket.receive_until("delta", timeout=60)

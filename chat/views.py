@@ -1,0 +1,80 @@
+"""The HTML pages: the list of a user's conversations and one conversation."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+from uuid import UUID
+
+from django.conf import settings
+from django.contrib.auth.decorators import login_required
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.shortcuts import aget_object_or_404, redirect, render
+from django.views.decorators.http import require_GET, require_POST
+
+from chat.models import Conversation, Message
+
+if TYPE_CHECKING:
+    from django.contrib.auth.models import User
+
+# How many conversations the index lists; the JSON API pages through the rest.
+INDEX_LIMIT = 200
+
+
+@require_GET
+@login_required
+async def index(request: HttpRequest) -> HttpResponse:
+    """The user's conversations, newest first, and a button to start one."""
+    user = await logged_in_user(request)
+    conversations = [
+        conversation
+        async for conversation in Conversation.objects.filter(owner=user)
+        .order_by("-updated_at")
+        .only("id", "title", "updated_at")[:INDEX_LIMIT]
+    ]
+    # `user` is passed explicitly: the auth context processor's lazy `request.user`
+    # would query the database synchronously inside this async view.
+    return render(request, "chat/index.html", {"user": user, "conversations": conversations})
+
+
+@require_POST
+@login_required
+async def new(request: HttpRequest) -> HttpResponseRedirect:
+    """Start an empty conversation with the default model and open it."""
+    user = await logged_in_user(request)
+    conversation = await Conversation.objects.acreate(owner=user, model=settings.CHAT_MODELS[0])
+    return redirect("chat:conversation", conversation_id=conversation.id)
+
+
+@require_GET
+@login_required
+async def conversation(request: HttpRequest, conversation_id: UUID) -> HttpResponse:
+    """One conversation: the transcript so far (the websocket's `state` then takes over)."""
+    user = await logged_in_user(request)
+    # Scoped to the owner: someone else's conversation is as missing as a deleted one.
+    found = await aget_object_or_404(Conversation, id=conversation_id, owner=user)
+    context = {
+        "user": user,
+        "conversation": found,
+        "transcript": await recent_messages(found),
+        # The bundled offline model: say so, so nobody mistakes it for a hosted one.
+        "local_model": settings.CHAT_LOCAL_MODEL,
+    }
+    return render(request, "chat/conversation.html", context)
+
+
+async def logged_in_user(request: HttpRequest) -> User:
+    """The user that `login_required` let through."""
+    user = await request.auser()
+    assert user.is_authenticated  # for the type checker: the decorator redirected the rest
+    return user
+
+
+async def recent_messages(conversation: Conversation) -> list[Message]:
+    """The same window of recent messages the websocket's `state` frame sends, oldest first."""
+    newest_first = [
+        message
+        async for message in conversation.messages.order_by("-created_at")[
+            : settings.CHAT_STATE_MESSAGES
+        ]
+    ]
+    return newest_first[::-1]

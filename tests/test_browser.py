@@ -1,0 +1,435 @@
+"""The chat page in a real Chromium, against the app served by a real daphne.
+
+daphne runs as a child process on the test database, configured through the environment
+as in production; the model is our own OpenAI-compatible server, on a thread of this
+process, reached over HTTP. (Not `ChannelsLiveServerTestCase`: it forks this process, and
+a fork copies state that belongs to threads which do not survive it, such as asgiref's
+ORM thread or psycopg's pool, so the child hangs on its first query once earlier tests
+have used them.)
+
+Playwright's async API: its sync API keeps an event loop marked as running for as long as
+it is open, and Django then refuses every ORM call of the test (SynchronousOnlyOperation).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import pytest
+import pytest_asyncio
+from django.conf import settings
+from django.contrib.auth.models import AbstractBaseUser
+from django.db import connections
+from playwright.async_api import (
+    Browser,
+    ConsoleMessage,
+    Dialog,
+    Locator,
+    Page,
+    WebSocketRoute,
+    async_playwright,
+    expect,
+)
+
+from chat.models import Conversation, Message
+from tests.conftest import PASSWORD
+from tests.llm_server import Behaviour, FakeLLM, expected_text
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.django_db(transaction=True),
+    # One browser for the module, so one event loop for the module.
+    pytest.mark.asyncio(loop_scope="module"),
+]
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-component-update",
+    "--disable-sync",
+]
+SERVER_START_TIMEOUT = 20.0  # seconds
+SERVER_STOP_TIMEOUT = 15.0  # daphne gives open sockets up to 10 s to close
+# Port 0: the system picks a free port, and daphne logs it.
+DAPHNE = [sys.executable, "-m", "daphne", "--bind", "127.0.0.1", "--port", "0"]
+LISTENING = re.compile(r"Listening on TCP address [\d.]+:(\d+)")
+MARKUP = "<img src=x onerror=alert(1)>"
+SCREENSHOT = "/tmp/chat.png"  # noqa: S108 - looked at by a person, not read back
+
+
+# --- The server and the browser ----------------------------------------------------------
+
+
+def database_url(db: dict[str, Any]) -> str:
+    """A DATABASE_URL for the test database this process set up."""
+    if db["ENGINE"] == "django.db.backends.sqlite3":
+        return f"sqlite:///{db['NAME']}"
+    if db["ENGINE"] == "django.db.backends.postgresql":
+        auth = quote(db["USER"] or "", safe="")
+        if db["PASSWORD"]:
+            auth += ":" + quote(db["PASSWORD"], safe="")
+        port = f":{db['PORT']}" if db["PORT"] else ""
+        return f"postgres://{auth}@{db['HOST'] or 'localhost'}{port}/{quote(db['NAME'])}"
+    raise NotImplementedError(f"no live server for {db['ENGINE']}")
+
+
+def server_environment(llm_server: FakeLLM) -> dict[str, str]:
+    return {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": settings.SETTINGS_MODULE,
+        "DATABASE_URL": database_url(connections["default"].settings_dict),
+        "OPENAI_BASE_URL": llm_server.base_url,
+        "OPENAI_API_KEY": "test-key",
+    }
+
+
+def wait_for_port(server: subprocess.Popen[bytes], log: Path) -> int:
+    """The port daphne chose, read from its log."""
+    deadline = time.monotonic() + SERVER_START_TIMEOUT
+    while time.monotonic() < deadline and server.poll() is None:
+        if found := LISTENING.search(log.read_text()):
+            return int(found.group(1))
+        time.sleep(0.05)
+    raise RuntimeError(f"daphne did not start:\n{log.read_text()}")
+
+
+def stop(server: subprocess.Popen[bytes]) -> None:
+    server.terminate()
+    try:
+        server.wait(SERVER_STOP_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        server.kill()
+        server.wait()
+
+
+@pytest.fixture(scope="module")
+def live_server_url(django_db_setup: None, llm_server: FakeLLM) -> Iterator[str]:
+    """daphne serving the app on the test database, its model pointed at `llm_server`."""
+    with tempfile.TemporaryDirectory() as tmp:
+        log = Path(tmp) / "daphne.log"
+        with log.open("wb") as out:
+            server = subprocess.Popen(  # noqa: S603 - our own interpreter and arguments
+                [*DAPHNE, "chatsite.asgi:application"],
+                cwd=settings.BASE_DIR,
+                env=server_environment(llm_server),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        try:
+            port = wait_for_port(server, log)
+            yield f"http://localhost:{port}"
+        finally:
+            stop(server)
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def browser(live_server_url: str) -> AsyncIterator[Browser]:
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield browser
+        await browser.close()
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def page(browser: Browser, llm_server: FakeLLM) -> AsyncIterator[Page]:
+    llm_server.reset()
+    context = await browser.new_context(viewport={"width": 1000, "height": 720})
+    page = await context.new_page()
+    page.set_default_timeout(10_000)
+    # Any alert() would mean that model output or user input ran as code; a script error
+    # or a CSP violation would mean the page is broken in ways its text may not show.
+    problems: list[str] = []
+
+    async def dismiss(dialog: Dialog) -> None:
+        problems.append(f"dialog: {dialog.message}")
+        await dialog.dismiss()
+
+    def check_console(message: ConsoleMessage) -> None:
+        if "Content Security Policy" in message.text:
+            problems.append(f"console: {message.text}")
+
+    page.on("dialog", dismiss)
+    page.on("pageerror", lambda error: problems.append(f"script error: {error}"))
+    page.on("console", check_console)
+    yield page
+    await context.close()
+    assert problems == []
+
+
+# --- Steps -------------------------------------------------------------------------------
+
+
+async def log_in(page: Page, live_server_url: str, user: AbstractBaseUser) -> None:
+    await page.goto(f"{live_server_url}/")
+    await expect(page).to_have_url(re.compile(r"/accounts/login/\?next=/$"))
+    await page.fill("#id_username", user.get_username())
+    await page.fill("#id_password", PASSWORD)
+    await page.click("button[type=submit]")
+    await expect(page).to_have_url(f"{live_server_url}/")
+
+
+async def open_new_chat(page: Page, live_server_url: str, user: AbstractBaseUser) -> None:
+    await log_in(page, live_server_url, user)
+    await page.get_by_role("button", name="New chat").click()
+    await expect(page).to_have_url(re.compile(r"/c/[0-9a-f-]{36}/$"))
+    await expect(page.locator("#chat")).to_have_attribute("data-connection", "live")
+
+
+async def send(page: Page, text: str) -> None:
+    await page.fill("#composer-input", text)
+    await page.press("#composer-input", "Enter")
+
+
+def last_reply(page: Page) -> Locator:
+    return page.locator(".message--assistant").last
+
+
+async def reply_text(page: Page) -> str:
+    return await last_reply(page).locator(".message__content").text_content() or ""
+
+
+# --- Tests -------------------------------------------------------------------------------
+
+
+async def test_reply_streams_in(
+    page: Page, live_server_url: str, user: AbstractBaseUser, llm_server: FakeLLM
+) -> None:
+    llm_server.behaviour = Behaviour(tokens=40, token_delay=0.05)
+    await open_new_chat(page, live_server_url, user)
+
+    await send(page, "Hello there")
+
+    await expect(page.locator(".message--user .message__content")).to_have_text("Hello there")
+    await expect(page.locator("#composer-input")).to_have_value("")  # cleared once echoed
+    reply = last_reply(page)
+    await expect(reply.locator(".message__content")).to_contain_text("w3 ")
+    # Still streaming: the text arrives in parts, and Stop is offered meanwhile.
+    await expect(reply).to_have_attribute("data-status", "streaming")
+    await expect(page.locator("#stop")).to_be_visible()
+    await expect(reply).to_have_attribute("data-status", "complete")
+    assert await reply_text(page) == expected_text(40)
+    await expect(page.locator("#stop")).to_be_hidden()
+    await expect(reply.get_by_role("button", name="Regenerate")).to_be_visible()
+    await expect(page.locator("#conversation-title")).to_have_text("Hello there")
+    await page.screenshot(path=SCREENSHOT)
+
+
+async def test_reload_mid_reply_shows_whole_reply(
+    page: Page, live_server_url: str, user: AbstractBaseUser, llm_server: FakeLLM
+) -> None:
+    llm_server.behaviour = Behaviour(tokens=80, token_delay=0.05)
+    await open_new_chat(page, live_server_url, user)
+    await send(page, "Tell me a long story")
+    await expect(last_reply(page).locator(".message__content")).to_contain_text("w5 ")
+
+    await page.reload()
+
+    # Reattached while the reply still runs, then followed to its end.
+    await expect(page.locator("#chat")).to_have_attribute("data-connection", "live")
+    await expect(last_reply(page)).to_have_attribute("data-status", "streaming")
+    await expect(last_reply(page)).to_have_attribute("data-status", "complete")
+    assert await reply_text(page) == expected_text(80)
+    # The `state` frame replaced the server-rendered transcript: nothing doubled.
+    await expect(page.locator(".message")).to_have_count(2)
+
+
+async def test_stop_mid_reply_then_regenerate(
+    page: Page, live_server_url: str, user: AbstractBaseUser, llm_server: FakeLLM
+) -> None:
+    llm_server.behaviour = Behaviour(tokens=400, token_delay=0.05)
+    await open_new_chat(page, live_server_url, user)
+    await send(page, "Count forever")
+    reply = last_reply(page)
+    await expect(reply.locator(".message__content")).to_contain_text("w3 ")
+
+    await page.click("#stop")
+
+    await expect(reply).to_have_attribute("data-status", "stopped")
+    await expect(reply.locator(".message__status")).to_have_text("stopped")
+    await expect(page.locator("#stop")).to_be_hidden()
+    partial = await reply_text(page)
+    assert expected_text(400).startswith(partial)
+    assert 0 < len(partial) < len(expected_text(400))
+    stored = await Message.objects.aget(role="assistant")
+    assert (stored.status, stored.content) == ("stopped", partial)
+
+    llm_server.behaviour = Behaviour(tokens=5, token_delay=0.01)
+    await reply.get_by_role("button", name="Regenerate").click()
+
+    # The stopped reply is replaced by a new one.
+    await expect(last_reply(page)).to_have_attribute("data-status", "complete")
+    await expect(page.locator(".message")).to_have_count(2)
+    assert await reply_text(page) == expected_text(5)
+
+
+async def test_markup_shows_as_literal_text(
+    page: Page, live_server_url: str, user: AbstractBaseUser, llm_server: FakeLLM
+) -> None:
+    llm_server.behaviour = Behaviour(words=["Echo: ", MARKUP, " <b>bold</b>"])
+    literal_reply = f"Echo: {MARKUP} <b>bold</b>"
+    await open_new_chat(page, live_server_url, user)
+
+    await send(page, MARKUP)
+
+    await expect(page.locator(".message--user .message__content")).to_have_text(MARKUP)
+    await expect(last_reply(page)).to_have_attribute("data-status", "complete")
+    assert await reply_text(page) == literal_reply
+    await expect(page.locator("#conversation-title")).to_have_text(MARKUP)
+    # Nothing was parsed as HTML, neither live nor after a reload (server-rendered first).
+    await expect(page.locator("#transcript img, #transcript b")).to_have_count(0)
+    await page.reload()
+    await expect(last_reply(page).locator(".message__content")).to_have_text(literal_reply)
+    await expect(page.locator("#transcript img, #transcript b")).to_have_count(0)
+
+
+async def test_refused_message_keeps_the_draft(
+    page: Page, live_server_url: str, user: AbstractBaseUser
+) -> None:
+    await open_new_chat(page, live_server_url, user)
+    too_long = "x" * (settings.CHAT_MAX_INPUT_CHARS + 1)
+
+    await send(page, too_long)
+
+    notice = page.locator(".notice")
+    await expect(notice).to_contain_text("at most")
+    await expect(page.locator("#composer-input")).to_have_value(too_long)
+    assert not await Message.objects.aexists()
+    await notice.get_by_role("button", name="Dismiss").click()
+    await expect(notice).to_have_count(0)
+    assert await Conversation.objects.acount() == 1
+
+
+# --- Dropped sockets ---------------------------------------------------------------------
+
+
+class SocketSwitch:
+    """Stands between the page and daphne: passes its websockets through, or refuses them."""
+
+    def __init__(self) -> None:
+        self.up = True
+        self.attempts = 0
+        self.drop_delta: int | None = None  # the seq of one delta to lose on its way
+        self.current: WebSocketRoute | None = None
+
+    async def route(self, page_side: WebSocketRoute) -> None:
+        self.attempts += 1
+        self.current = page_side
+        if not self.up:
+            await page_side.close(code=1011)
+            return
+        server_side = page_side.connect_to_server()
+        server_side.on_message(lambda message: self.forward(page_side, message))
+
+    def forward(self, page_side: WebSocketRoute, message: str | bytes) -> None:
+        frame = json.loads(message)
+        if frame["type"] == "delta" and frame["seq"] == self.drop_delta:
+            self.drop_delta = None
+            return
+        page_side.send(message)
+
+    async def drop(self) -> None:
+        assert self.current is not None
+        await self.current.close(code=1011)
+
+    async def wait_attempts(self, count: int, timeout: float = 5.0) -> None:
+        deadline = time.monotonic() + timeout
+        while self.attempts < count:
+            assert time.monotonic() < deadline, f"{self.attempts} attempts, not {count}"
+            await asyncio.sleep(0.05)
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def switch(page: Page) -> SocketSwitch:
+    switch = SocketSwitch()
+    await page.route_web_socket(re.compile(r"/ws/conversations/"), switch.route)
+    return switch
+
+
+async def test_draft_typed_while_down_is_sent_on_reconnect(
+    page: Page,
+    switch: SocketSwitch,
+    live_server_url: str,
+    user: AbstractBaseUser,
+    llm_server: FakeLLM,
+) -> None:
+    llm_server.behaviour = Behaviour(tokens=5)
+    await open_new_chat(page, live_server_url, user)
+    switch.up = False
+    await switch.drop()
+    await expect(page.locator("#connection")).to_have_text("reconnecting…")
+
+    await send(page, "Sent while offline")
+
+    await expect(page.locator("#connection")).to_contain_text("will be sent")
+    await switch.wait_attempts(2)  # a refused retry
+    await expect(page.locator("#composer-input")).to_have_value("Sent while offline")
+    switch.up = True
+    await expect(page.locator(".message--user .message__content")).to_have_text(
+        "Sent while offline", timeout=15_000
+    )
+    await expect(last_reply(page)).to_have_attribute("data-status", "complete")
+    assert await reply_text(page) == expected_text(5)
+    await expect(page.locator("#composer-input")).to_have_value("")
+    await expect(page.locator("#connection")).to_be_hidden()
+    assert await Message.objects.filter(role="user").acount() == 1
+
+
+async def test_gap_in_deltas_resyncs(
+    page: Page,
+    switch: SocketSwitch,
+    live_server_url: str,
+    user: AbstractBaseUser,
+    llm_server: FakeLLM,
+) -> None:
+    llm_server.behaviour = Behaviour(tokens=40, token_delay=0.05)
+    await open_new_chat(page, live_server_url, user)
+    switch.drop_delta = 2
+
+    await send(page, "Hello")
+
+    await expect(last_reply(page)).to_have_attribute("data-status", "complete")
+    assert await reply_text(page) == expected_text(40)
+    assert switch.attempts == 2  # the gap made the page reconnect once
+    await expect(page.locator(".message")).to_have_count(2)
+
+
+async def test_deleted_conversation_says_not_found(
+    page: Page, switch: SocketSwitch, live_server_url: str, user: AbstractBaseUser
+) -> None:
+    await open_new_chat(page, live_server_url, user)
+    await Conversation.objects.all().adelete()
+
+    await switch.drop()
+
+    await expect(page.locator(".notice")).to_have_text("Conversation not found.")
+    await expect(page.locator("#composer-input")).to_be_disabled()
+    await asyncio.sleep(1.5)  # longer than the first two backoff steps
+    assert switch.attempts == 2
+
+
+async def test_logged_out_goes_to_login(
+    page: Page, switch: SocketSwitch, live_server_url: str, user: AbstractBaseUser
+) -> None:
+    await open_new_chat(page, live_server_url, user)
+    chat_path = page.url.removeprefix(live_server_url)
+    await page.context.clear_cookies()
+
+    await switch.drop()
+
+    await expect(page).to_have_url(f"{live_server_url}/accounts/login/?next={chat_path}")
