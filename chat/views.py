@@ -9,7 +9,7 @@ from django.conf import settings
 from django.contrib.auth.decorators import login_required
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import aget_object_or_404, redirect, render
-from django.views.decorators.http import require_GET, require_POST
+from django.views.decorators.http import require_GET, require_http_methods
 
 from chat.models import Conversation, Message
 
@@ -36,10 +36,13 @@ async def index(request: HttpRequest) -> HttpResponse:
     return render(request, "chat/index.html", {"user": user, "conversations": conversations})
 
 
-@require_POST
+@require_http_methods(["GET", "POST"])
 @login_required
 async def new(request: HttpRequest) -> HttpResponseRedirect:
     """Start an empty conversation with the default model and open it."""
+    if request.method == "GET":
+        # Where a login interrupted a click on "New chat": back to the list, nothing made.
+        return redirect("chat:index")
     user = await logged_in_user(request)
     conversation = await Conversation.objects.acreate(owner=user, model=settings.CHAT_MODELS[0])
     return redirect("chat:conversation", conversation_id=conversation.id)

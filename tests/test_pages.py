@@ -125,8 +125,10 @@ def test_new_creates_conversation_and_redirects(logged_in: Client, user: Abstrac
     assert response["Location"] == conversation_url(conversation.id)
 
 
-def test_new_get_not_allowed(logged_in: Client) -> None:
-    assert logged_in.get(reverse("chat:new")).status_code == 405
+def test_new_get_goes_back_to_the_list_and_creates_nothing(logged_in: Client) -> None:
+    # Where the login form sends someone whose "New chat" click needed a login first.
+    response = logged_in.get(reverse("chat:new"))
+    assert (response.status_code, response["Location"]) == (302, reverse("chat:index"))
     assert not Conversation.objects.exists()
 
 
