@@ -7,7 +7,7 @@ PORT ?= 8000
 # `make run` is for development: Django's debug mode unless told otherwise.
 DEV := DJANGO_DEBUG=$${DJANGO_DEBUG:-1}
 
-.PHONY: install install-local run test lint bench
+.PHONY: install install-local run test lint bench bench-plot
 
 install: $(VENV)/.installed
 
@@ -43,3 +43,14 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy .
+
+# The benchmark (bench/run.py): K chats at once, ours against a naive relay.
+# BENCH_ARGS="--k 500 --json bench/results/k500.json" to change it.
+bench: install
+	$(BIN)/pip install --quiet -e '.[dev,bench]'
+	$(BIN)/python -m bench.run $(BENCH_ARGS)
+
+# K = 50, 100, 200, 500 -> docs/bench.png
+bench-plot: install
+	$(BIN)/pip install --quiet -e '.[dev,bench]'
+	$(BIN)/python -m bench.plot

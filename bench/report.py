@@ -1,0 +1,166 @@
+"""The benchmark's figures: from what the chats saw and the server spent, to one table."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from bench.chats import Reply
+
+
+@dataclass
+class Measures:
+    """One target's figures; None where a figure does not apply (or was not measured)."""
+
+    alone_s: float | None = None
+    wall_s: float | None = None
+    wall_ratio: float | None = None  # all K at once / one chat alone
+    ttft_p50_ms: float | None = None
+    ttft_p99_ms: float | None = None
+    gap_p99_ms: float | None = None
+    frames_per_reply: float | None = None
+    errors: int = 0
+    wrong_texts: int | None = None
+    tokens_relayed: int = 0
+    server_cpu_s: float | None = None  # during the K replies
+    loop_cpu_s: float | None = None  # of which the event loop's thread
+    cpu_per_token_us: float | None = None
+    setup_cpu_ms: float | None = None
+    create_cpu_ms: float | None = None  # of which POST /api/conversations/
+    connect_cpu_ms: float | None = None  # of which the socket's connect and `state`
+    queries_per_reply: float | None = None
+    queries_per_setup: float | None = None
+    idle_kib: float | None = None
+    # Context: the other processes on the same cores, during the K replies.
+    model_server_cpu_s: float | None = None
+    client_cpu_s: float | None = None
+    error_samples: list[str] = field(default_factory=list)
+
+    def as_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def percentile(values: Sequence[float], p: float) -> float | None:
+    """The nearest-rank percentile: p99 of 200 values is the 198th smallest."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)]
+
+
+def reply_figures(measures: Measures, replies: Sequence[Reply], expected_text: str) -> None:
+    """Fill in what the chats saw: latencies, gaps, frames, errors."""
+    ms = 1000.0
+    ttfts = [r.first_delta * ms for r in replies if r.first_delta is not None]
+    gaps = [r.largest_gap * ms for r in replies if r.done_at is not None]
+    measures.ttft_p50_ms = percentile(ttfts, 50)
+    measures.ttft_p99_ms = percentile(ttfts, 99)
+    measures.gap_p99_ms = percentile(gaps, 99)
+    measures.frames_per_reply = sum(r.deltas for r in replies) / len(replies) if replies else None
+    errors = [error for r in replies if (error := reply_error(r, expected_text))]
+    measures.errors = len(errors)
+    measures.error_samples = sorted(set(errors))[:5]
+    measures.tokens_relayed = sum(len(r.text.split()) for r in replies)
+
+
+def reply_error(reply: Reply, expected_text: str) -> str | None:
+    if reply.error:
+        return reply.error
+    if reply.status != "complete":
+        return f"status {reply.status}"
+    if reply.text != expected_text:
+        return "streamed text differs from the model's"
+    return None
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None
+
+
+# --- The table ----------------------------------------------------------------------------
+
+Check = Callable[[Measures, Measures | None], bool | None]
+
+
+@dataclass(frozen=True)
+class Row:
+    label: str
+    key: str
+    digits: int
+    target: str = ""
+    check: Check | None = None
+
+
+def _at_most(key: str, limit: float) -> Check:
+    def check(ours: Measures, reference: Measures | None) -> bool | None:
+        value = getattr(ours, key)
+        return None if value is None else value <= limit
+
+    return check
+
+
+def _cpu_ratio(ours: Measures, reference: Measures | None) -> bool | None:
+    value = ratio(ours.cpu_per_token_us, reference.cpu_per_token_us if reference else None)
+    return None if value is None else value <= 0.35
+
+
+ROWS = (
+    Row("one chat alone (s)", "alone_s", 2),
+    Row("all K at once, wall (s)", "wall_s", 2),
+    Row("all K at once / one alone", "wall_ratio", 2, "<= 1.15", _at_most("wall_ratio", 1.15)),
+    Row("time to first token p50 (ms)", "ttft_p50_ms", 0),
+    Row("time to first token p99 (ms)", "ttft_p99_ms", 0, "<= 500", _at_most("ttft_p99_ms", 500)),
+    Row("largest gap per chat p99 (ms)", "gap_p99_ms", 0, "<= 250", _at_most("gap_p99_ms", 250)),
+    Row("delta frames per reply", "frames_per_reply", 1),
+    Row("errors", "errors", 0, "0", _at_most("errors", 0)),
+    Row("stored text differs from stream", "wrong_texts", 0, "0", _at_most("wrong_texts", 0)),
+    Row("server CPU per token (us)", "cpu_per_token_us", 1, "<= 0.35 x ref", _cpu_ratio),
+    Row("set-up CPU per chat (ms)", "setup_cpu_ms", 2, "<= 5", _at_most("setup_cpu_ms", 5)),
+    Row("  of which creating it (ms)", "create_cpu_ms", 2),
+    Row("  of which connect and state (ms)", "connect_cpu_ms", 2),
+    Row("DB queries per reply", "queries_per_reply", 1),
+    Row("DB queries per set-up", "queries_per_setup", 1),
+    Row("RSS per idle socket (KiB)", "idle_kib", 1, "<= 32", _at_most("idle_kib", 32)),
+    Row("server CPU during the K replies (s)", "server_cpu_s", 2),
+    Row("  of which the event loop thread (s)", "loop_cpu_s", 2),
+    Row("model server CPU, same time (s)", "model_server_cpu_s", 2),
+    Row("benchmark client CPU, same time (s)", "client_cpu_s", 2),
+)
+
+
+def _cell(value: Any, digits: int) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, int):
+        return str(value)
+    return f"{value:.{digits}f}"
+
+
+def table(ours: Measures, reference: Measures | None) -> str:
+    """A Markdown table: each figure for ours and the reference, their ratio, the target."""
+    lines = [
+        "| measure | ours | reference | ours / ref | target | met |",
+        "| --- | ---: | ---: | ---: | --- | --- |",
+    ]
+    for row in ROWS:
+        mine = getattr(ours, row.key)
+        theirs = getattr(reference, row.key) if reference else None
+        both = isinstance(mine, float) and isinstance(theirs, float)
+        mine_to_theirs = ratio(mine, theirs) if both else None
+        met = row.check(ours, reference) if row.check else None
+        cells = [
+            row.label,
+            _cell(mine, row.digits),
+            _cell(theirs, row.digits),
+            "" if mine_to_theirs is None else _cell(mine_to_theirs, 2),
+            row.target,
+            "" if met is None else ("yes" if met else "NO"),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def targets_met(ours: Measures, reference: Measures | None) -> dict[str, bool | None]:
+    return {row.key: row.check(ours, reference) for row in ROWS if row.check}

@@ -1,0 +1,35 @@
+"""The benchmark runs end to end on a tiny K; its timings are never asserted (noisy machines)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from bench.report import ROWS
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_bench_tiny_run_prints_every_row_without_errors(tmp_path):
+    out = tmp_path / "bench.json"
+    argv = ["--k", "3", "--tokens", "10", "--rate", "200", "--idle-sockets", "5"]
+    done = subprocess.run(  # noqa: S603 (our own interpreter and arguments)
+        [sys.executable, "-m", "bench.run", *argv, "--json", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=90,
+        check=False,
+    )
+
+    assert done.returncode == 0, done.stderr[-3000:]
+    for row in ROWS:
+        assert f"| {row.label} |" in done.stdout
+    result = json.loads(out.read_text())
+    ours, reference = result["ours"], result["reference"]
+    assert ours["errors"] == 0, ours["error_samples"]
+    assert ours["wrong_texts"] == 0
+    assert reference["errors"] == 0, reference["error_samples"]
+    assert ours["tokens_relayed"] == reference["tokens_relayed"] == 3 * 10
