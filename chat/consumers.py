@@ -8,6 +8,7 @@ from contextlib import suppress
 from typing import Any
 from uuid import UUID
 
+from channels.consumer import get_handler_name
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
 
@@ -23,6 +24,12 @@ CLOSE_NOT_FOUND = 4404
 class ConversationConsumer(AsyncJsonWebsocketConsumer):  # type: ignore[misc]
     """Speaks the protocol of DESIGN.md section 4 for one conversation."""
 
+    # No channel per socket: frames reach sockets through `chat.watchers`, and a channel
+    # would cost every open socket a waiting task and a queue (and the in-memory layer a
+    # scan of all of them on every message).
+    channel_layer_alias = None
+
+    scope: dict[str, Any]
     conversation_id: UUID
     user_id: int
     # Frames that arrive while `state` is being built, sent after it.
@@ -39,6 +46,9 @@ class ConversationConsumer(AsyncJsonWebsocketConsumer):  # type: ignore[misc]
             return
         self.user_id = user.pk
         self.conversation_id = self.scope["url_route"]["kwargs"]["conversation_id"]
+        # Every frame checks ownership by id; the session and user objects would only
+        # weigh on each of thousands of idle sockets.
+        self.scope = {"type": self.scope["type"], "path": self.scope["path"]}
         # Watch before reading, holding frames: nothing sent meanwhile is missed.
         self._held = []
         watchers.watch(self.conversation_id, self)
@@ -80,6 +90,14 @@ class ConversationConsumer(AsyncJsonWebsocketConsumer):  # type: ignore[misc]
             self._held.append((frame, text))
         else:
             await self.send(text_data=text)
+
+    async def dispatch(self, message: dict[str, Any]) -> None:
+        """As channels does, without its hop to the ORM thread before every frame: each
+        database step closes stale connections itself (`persistence.db_step`)."""
+        handler = getattr(self, get_handler_name(message), None)
+        if handler is None:
+            raise ValueError(f"No handler for message type {message['type']}")
+        await handler(message)
 
     # --- Frames in --------------------------------------------------------------------------
 

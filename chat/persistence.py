@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, ParamSpec, TypeVar, cast
 from uuid import UUID
 
@@ -70,10 +70,12 @@ def load_state(user_id: int, conversation_id: UUID, *, reply_running: bool) -> S
     conversation = Conversation.objects.filter(pk=conversation_id, owner_id=user_id).first()
     if conversation is None:
         return None
-    if not reply_running:
-        _settle_orphans(conversation, holding_reservation=False)
     recent = conversation.messages.order_by("-created_at")[: settings.CHAT_STATE_MESSAGES]
-    return State(conversation, list(reversed(recent)))
+    messages = list(reversed(recent))
+    if not reply_running and _streaming(messages):
+        _settle_orphans(conversation, holding_reservation=False)
+        messages = list(reversed(recent.all()))
+    return State(conversation, messages)
 
 
 @db_step
@@ -91,12 +93,15 @@ def post_user_message(
     """Store the user's message and an empty reply; the existing message on a retried send."""
     with transaction.atomic():
         conversation = _lock_conversation(user_id, conversation_id)
+        # The whole history, read once: the prompt, the retry check and orphans need it.
+        history = list(conversation.messages.order_by("created_at"))
         if client_msg_id is not None:
-            existing = conversation.messages.filter(client_msg_id=client_msg_id).first()
-            if existing is not None:
-                return existing
+            for message in history:
+                if message.client_msg_id == client_msg_id:
+                    return message
         _check_limits(user_id)
-        _settle_orphans(conversation, holding_reservation=True)
+        if _streaming(history):
+            _settle_orphans(conversation, holding_reservation=True)
         now = timezone.now()
         user_message = Message(
             conversation=conversation,
@@ -108,7 +113,7 @@ def post_user_message(
         )
         if not conversation.title:
             conversation.title = content.strip().splitlines()[0][:80]
-        plan = _plan_reply(conversation, [user_message], now)
+        plan = _plan_reply(conversation, history, [user_message], now)
         plan.user_message = user_message
         return plan
 
@@ -118,14 +123,15 @@ def regenerate(user_id: int, conversation_id: UUID) -> ReplyPlan:
     """Remove the last reply and plan a new one for the same question."""
     with transaction.atomic():
         conversation = _lock_conversation(user_id, conversation_id)
-        _settle_orphans(conversation, holding_reservation=True)
-        last = conversation.messages.order_by("-created_at").first()
-        if last is None or last.role != Message.Role.ASSISTANT:
+        history = list(conversation.messages.order_by("created_at"))
+        if _streaming(history):
+            _settle_orphans(conversation, holding_reservation=True)
+        if not history or history[-1].role != Message.Role.ASSISTANT:
             raise Refused("bad_request", "There is no reply to regenerate.")
-        removed = last.id
-        last.delete()
-        plan = _plan_reply(conversation, [], timezone.now())
-        plan.removed = [removed]
+        last = history.pop()
+        Message.objects.filter(pk=last.pk).delete()
+        plan = _plan_reply(conversation, history, [], timezone.now())
+        plan.removed = [last.pk]
         return plan
 
 
@@ -134,18 +140,22 @@ def edit(user_id: int, conversation_id: UUID, message_id: UUID, content: str) ->
     """Change a user message, drop everything after it, and plan a reply to it."""
     with transaction.atomic():
         conversation = _lock_conversation(user_id, conversation_id)
-        _settle_orphans(conversation, holding_reservation=True)
-        message = conversation.messages.filter(pk=message_id, role=Message.Role.USER).first()
-        if message is None:
+        history = list(conversation.messages.order_by("created_at"))
+        if _streaming(history):
+            _settle_orphans(conversation, holding_reservation=True)
+        position = next(
+            (i for i, m in enumerate(history) if m.pk == message_id and m.role == "user"), None
+        )
+        if position is None:
             raise Refused("not_found", "No such message of yours in this conversation.")
-        later = conversation.messages.filter(created_at__gt=message.created_at)
-        removed = list(later.values_list("id", flat=True))
-        later.delete()
+        message, later = history[position], history[position + 1 :]
+        removed = [m.pk for m in later]
+        Message.objects.filter(pk__in=removed).delete()
         now = timezone.now()
         message.content = content
         message.updated_at = now
         message.save(update_fields=["content", "updated_at"])
-        plan = _plan_reply(conversation, [], now)
+        plan = _plan_reply(conversation, history[: position + 1], [], now)
         plan.user_message = message
         plan.removed = removed
         return plan
@@ -163,7 +173,9 @@ def _lock_conversation(user_id: int, conversation_id: UUID) -> Conversation:
     return conversation
 
 
-def _plan_reply(conversation: Conversation, new: list[Message], now: Any) -> ReplyPlan:
+def _plan_reply(
+    conversation: Conversation, history: list[Message], new: list[Message], now: datetime
+) -> ReplyPlan:
     """Store `new` messages and an empty streaming reply after them; build the prompt."""
     assistant = Message(
         conversation=conversation,
@@ -177,14 +189,13 @@ def _plan_reply(conversation: Conversation, new: list[Message], now: Any) -> Rep
     Message.objects.bulk_create([*new, assistant])
     conversation.updated_at = now
     conversation.save(update_fields=["title", "updated_at"])
-    history = (
-        conversation.messages.exclude(pk=assistant.pk)
-        .exclude(content="")
-        .order_by("created_at")
-        .values_list("role", "content")
-    )
-    prompt = llm.build_prompt(conversation.system_prompt, history, settings.CHAT_CONTEXT_TOKENS)
+    turns = [(m.role, m.content) for m in [*history, *new] if m.content]
+    prompt = llm.build_prompt(conversation.system_prompt, turns, settings.CHAT_CONTEXT_TOKENS)
     return ReplyPlan(conversation, assistant, prompt)
+
+
+def _streaming(messages: list[Message]) -> bool:
+    return any(m.status == Message.Status.STREAMING for m in messages)
 
 
 def _settle_orphans(conversation: Conversation, *, holding_reservation: bool) -> None:
@@ -225,11 +236,15 @@ def _check_limits(user_id: int) -> None:
 
 
 @db_step
-def checkpoint(message_id: UUID, content: str) -> None:
-    """Save the partial text, so that a crash loses at most a second of it."""
-    Message.objects.filter(pk=message_id, status=Message.Status.STREAMING).update(
-        content=content, updated_at=timezone.now()
-    )
+def checkpoint(contents: dict[UUID, str]) -> None:
+    """Save the partial texts of streaming replies (one transaction for all), so that a
+    crash loses at most a checkpoint interval of them. A reply that ended meanwhile is
+    not `streaming` any more, and keeps its final text."""
+    now = timezone.now()
+    streaming = Message.objects.filter(status=Message.Status.STREAMING)
+    with transaction.atomic():
+        for message_id, content in contents.items():
+            streaming.filter(pk=message_id).update(content=content, updated_at=now)
 
 
 @db_step

@@ -2,8 +2,10 @@
 
 One task per reply, started with `asyncio.create_task` and kept in this process's registry,
 so a socket that closes only stops watching, while "stop" cancels the task on purpose.
-Text arrives token by token but goes out in frames at most every CHAT_FRAME_INTERVAL and
-reaches the database only at checkpoints and at the end (DESIGN.md invariant 5).
+Text arrives token by token. The first text goes out at once; the rest is gathered and
+sent by the process's one clock (`chat.clock`), which every CHAT_FRAME_INTERVAL sends one
+frame per reply with new text and, every CHAT_CHECKPOINT_INTERVAL, saves all partial
+texts in one database step (DESIGN.md invariant 5).
 """
 
 from __future__ import annotations
@@ -11,13 +13,11 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Iterator
-from contextlib import aclosing, contextmanager, suppress
+from contextlib import aclosing, contextmanager
 from typing import Any
 from uuid import UUID
 
-from django.conf import settings
-
-from chat import llm, persistence, watchers
+from chat import clock, llm, persistence, watchers
 from chat.models import Message
 
 logger = logging.getLogger(__name__)
@@ -33,14 +33,12 @@ class Reply:
         self.message_id: UUID | None = None
         self.seq = 0
         self.task: asyncio.Task[None] | None = None
+        self.checkpointed_seq = 0
         self._sent: list[str] = []  # text already sent in delta frames
         self._pending: list[str] = []  # text read from upstream, not yet sent
-        self._wake = asyncio.Event()
-        self._reading_done = False
+        self._flushing = False
         self._stop_requested = False
         self._finishing = False
-        self._checkpoint_task: asyncio.Task[None] | None = None
-        self._checkpointed_seq = 0
 
     # --- Seen by consumers and views ------------------------------------------------------
 
@@ -61,6 +59,7 @@ class Reply:
         self.task = asyncio.create_task(
             self._run(llm.ReplyStream(model, prompt)), name=f"reply-{message_id}"
         )
+        clock.ensure_running()
 
     def stop(self) -> None:
         """Cancel the reply; it saves what it has as `stopped` and closes the upstream."""
@@ -75,12 +74,15 @@ class Reply:
     async def _run(self, stream: llm.ReplyStream) -> None:
         status: str = Status.COMPLETE
         error: llm.LLMError | None = None
-        reader = asyncio.create_task(self._read(stream))
         try:
             if self._stop_requested:  # stopped before the task got to run
                 raise asyncio.CancelledError
-            await self._relay()
-            await reader  # raises what the upstream raised
+            # Leaving this block, however it ends, closes the upstream request first.
+            async with aclosing(stream.deltas()) as deltas:
+                async for text in deltas:
+                    self._pending.append(text)
+                    if self.seq == 0:
+                        await self.flush()  # the first words at once; then the clock's pace
         except llm.LLMError as exc:
             status, error = Status.FAILED, exc
             logger.info("reply %s failed: %s", self.message_id, exc)
@@ -92,71 +94,34 @@ class Reply:
             logger.exception("reply %s crashed", self.message_id, exc_info=exc)
         finally:
             self._finishing = True
-            reader.cancel()
-            # Let the reader leave its `async with`, closing the upstream request, first.
-            with suppress(asyncio.CancelledError, Exception):
-                await reader
             await self._finish(status, stream.usage or stream.estimated_usage(), error)
 
-    async def _read(self, stream: llm.ReplyStream) -> None:
+    async def flush(self) -> None:
+        """Send the text gathered since the last frame, as one frame."""
+        if not self._pending or self._flushing:
+            return  # nothing new, or a send in progress: the next tick takes it
+        self._flushing = True
         try:
-            async with aclosing(stream.deltas()) as deltas:
-                async for text in deltas:
-                    self._pending.append(text)
-                    self._wake.set()
+            text = "".join(self._pending)
+            self._pending.clear()
+            self.seq += 1
+            self._sent.append(text)
+            frame = {
+                "type": "delta",
+                "message_id": str(self.message_id),
+                "seq": self.seq,
+                "text": text,
+            }
+            await watchers.broadcast(self.conversation_id, frame)
         finally:
-            self._reading_done = True
-            self._wake.set()
-
-    async def _relay(self) -> None:
-        """Send what arrived as one frame, then rest a frame interval; until the stream ends."""
-        loop = asyncio.get_running_loop()
-        next_checkpoint = loop.time() + settings.CHAT_CHECKPOINT_INTERVAL
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            await self._flush()
-            if self._reading_done:
-                return
-            if loop.time() >= next_checkpoint:
-                self._checkpoint()
-                next_checkpoint = loop.time() + settings.CHAT_CHECKPOINT_INTERVAL
-            await asyncio.sleep(settings.CHAT_FRAME_INTERVAL)
-
-    async def _flush(self) -> None:
-        if not self._pending:
-            return
-        text = "".join(self._pending)
-        self._pending.clear()
-        self.seq += 1
-        self._sent.append(text)
-        frame = {
-            "type": "delta",
-            "message_id": str(self.message_id),
-            "seq": self.seq,
-            "text": text,
-        }
-        await watchers.broadcast(self.conversation_id, frame)
-
-    def _checkpoint(self) -> None:
-        """Save the partial text in the background, unless the last save is still running."""
-        busy = self._checkpoint_task is not None and not self._checkpoint_task.done()
-        if busy or self.seq == self._checkpointed_seq:
-            return
-        assert self.message_id is not None
-        self._checkpointed_seq = self.seq
-        self._checkpoint_task = asyncio.create_task(
-            persistence.checkpoint(self.message_id, self.content)
-        )
+            self._flushing = False
 
     async def _finish(self, status: str, usage: llm.Usage, error: llm.LLMError | None) -> None:
         """Send the last text, write the reply whole, tell every socket, leave the registry."""
         try:
-            await self._flush()
-            if self._checkpoint_task is not None:
-                # The last checkpoint must not land after, and overwrite, the final write.
-                with suppress(Exception):
-                    await self._checkpoint_task
+            while self._flushing:  # the clock is sending this reply's last frame
+                await asyncio.sleep(0)
+            await self.flush()
             assert self.message_id is not None
             content = self.content
             await persistence.finish(self.message_id, content, status, usage, error)
@@ -193,6 +158,10 @@ def running(conversation_id: UUID) -> Reply | None:
     return _running.get(conversation_id)
 
 
+def all_running() -> list[Reply]:
+    return list(_running.values())
+
+
 @contextmanager
 def reserved(conversation_id: UUID) -> Iterator[Reply]:
     """Claim the conversation for a new reply, released unless the reply was started.
@@ -216,7 +185,8 @@ def release(reply: Reply) -> None:
 
 async def stop_all() -> None:
     """Stop every reply of this process and wait until each is saved (tests, shutdown)."""
-    tasks = [reply.task for reply in list(_running.values()) if reply.task is not None]
-    for reply in list(_running.values()):
+    tasks = [reply.task for reply in all_running() if reply.task is not None]
+    for reply in all_running():
         reply.stop()
     await asyncio.gather(*tasks, return_exceptions=True)
+    await clock.stop()

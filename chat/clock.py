@@ -1,0 +1,59 @@
+"""The pace of every reply in this process: one task that, every CHAT_FRAME_INTERVAL,
+sends each reply's new text as one frame, and every CHAT_CHECKPOINT_INTERVAL saves the
+partial texts of all streaming replies in one database step.
+
+One clock for all replies, instead of a timer and a save per reply: with hundreds of
+replies streaming, per-reply timers and per-reply saves were a large part of the work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from contextlib import suppress
+
+from django.conf import settings
+
+logger = logging.getLogger(__name__)
+
+_task: asyncio.Task[None] | None = None
+
+
+def ensure_running() -> None:
+    """Start the clock if it is not running; it stops by itself when no reply is left."""
+    global _task
+    if _task is None or _task.done() or _task.get_loop() is not asyncio.get_running_loop():
+        _task = asyncio.create_task(_tick(), name="reply-clock")
+
+
+async def stop() -> None:
+    global _task
+    task, _task = _task, None
+    if task is not None and not task.done():
+        task.cancel()
+        with suppress(asyncio.CancelledError):
+            await task
+
+
+async def _tick() -> None:
+    from chat import persistence, replies  # replies imports this module
+
+    loop = asyncio.get_running_loop()
+    next_checkpoint = loop.time() + settings.CHAT_CHECKPOINT_INTERVAL
+    while running := replies.all_running():
+        for reply in running:
+            await reply.flush()
+        if loop.time() >= next_checkpoint:
+            next_checkpoint = loop.time() + settings.CHAT_CHECKPOINT_INTERVAL
+            saves = {}
+            for reply in running:
+                if reply.message_id is not None and reply.seq > reply.checkpointed_seq:
+                    reply.checkpointed_seq = reply.seq
+                    saves[reply.message_id] = reply.content
+            if saves:
+                try:
+                    await persistence.checkpoint(saves)
+                except Exception:
+                    # A failed save loses nothing yet: the final write still comes.
+                    logger.exception("saving %d partial replies failed", len(saves))
+        await asyncio.sleep(settings.CHAT_FRAME_INTERVAL)
