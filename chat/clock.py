@@ -39,7 +39,8 @@ async def _tick() -> None:
     from chat import persistence, replies  # replies imports this module
 
     loop = asyncio.get_running_loop()
-    next_checkpoint = loop.time() + settings.CHAT_CHECKPOINT_INTERVAL
+    next_tick = loop.time()
+    next_checkpoint = next_tick + settings.CHAT_CHECKPOINT_INTERVAL
     while running := replies.all_running():
         for reply in running:
             await reply.flush()
@@ -56,4 +57,7 @@ async def _tick() -> None:
                 except Exception:
                     # A failed save loses nothing yet: the final write still comes.
                     logger.exception("saving %d partial replies failed", len(saves))
-        await asyncio.sleep(settings.CHAT_FRAME_INTERVAL)
+        # Ticks on a fixed schedule, so the time a pass takes does not stretch the gaps;
+        # a pass that overran starts the next one at once.
+        next_tick = max(next_tick + settings.CHAT_FRAME_INTERVAL, loop.time())
+        await asyncio.sleep(next_tick - loop.time())
