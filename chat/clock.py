@@ -11,8 +11,12 @@ from __future__ import annotations
 import asyncio
 import logging
 from contextlib import suppress
+from typing import TYPE_CHECKING
 
 from django.conf import settings
+
+if TYPE_CHECKING:
+    from chat.replies import Reply
 
 logger = logging.getLogger(__name__)
 
@@ -36,28 +40,43 @@ async def stop() -> None:
 
 
 async def _tick() -> None:
-    from chat import persistence, replies  # replies imports this module
+    from chat import replies  # replies imports this module
 
     loop = asyncio.get_running_loop()
     next_tick = loop.time()
     next_checkpoint = next_tick + settings.CHAT_CHECKPOINT_INTERVAL
-    while running := replies.all_running():
-        for reply in running:
-            await reply.flush()
-        if loop.time() >= next_checkpoint:
-            next_checkpoint = loop.time() + settings.CHAT_CHECKPOINT_INTERVAL
-            saves = {}
+    saving: asyncio.Task[None] | None = None
+    try:
+        while running := replies.all_running():
             for reply in running:
-                if reply.message_id is not None and reply.seq > reply.checkpointed_seq:
-                    reply.checkpointed_seq = reply.seq
-                    saves[reply.message_id] = reply.content
-            if saves:
-                try:
-                    await persistence.checkpoint(saves)
-                except Exception:
-                    # A failed save loses nothing yet: the final write still comes.
-                    logger.exception("saving %d partial replies failed", len(saves))
-        # Ticks on a fixed schedule, so the time a pass takes does not stretch the gaps;
-        # a pass that overran starts the next one at once.
-        next_tick = max(next_tick + settings.CHAT_FRAME_INTERVAL, loop.time())
-        await asyncio.sleep(next_tick - loop.time())
+                await reply.flush()
+            # The save runs beside the frames: the ORM thread may be busy for a while (a
+            # crowd of sends), and frames must not wait for it. One save at a time.
+            if loop.time() >= next_checkpoint and (saving is None or saving.done()):
+                next_checkpoint = loop.time() + settings.CHAT_CHECKPOINT_INTERVAL
+                saving = asyncio.create_task(_save(running))
+            # Ticks on a fixed schedule, so the time a pass takes does not stretch the
+            # gaps; a pass that overran starts the next one at once.
+            next_tick = max(next_tick + settings.CHAT_FRAME_INTERVAL, loop.time())
+            await asyncio.sleep(next_tick - loop.time())
+    finally:
+        if saving is not None:
+            await asyncio.shield(saving)
+
+
+async def _save(running: list[Reply]) -> None:
+    """Save the new partial text of every streaming reply in one database step."""
+    from chat import persistence
+
+    saves = {}
+    for reply in running:
+        if reply.message_id is not None and reply.seq > reply.checkpointed_seq:
+            reply.checkpointed_seq = reply.seq
+            saves[reply.message_id] = reply.content
+    if not saves:
+        return
+    try:
+        await persistence.checkpoint(saves)
+    except Exception:
+        # A failed save loses nothing yet: the final write still comes.
+        logger.exception("saving %d partial replies failed", len(saves))
