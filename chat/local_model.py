@@ -74,6 +74,8 @@ class LocalModelServer:
         self._wait_until_ready(timeout, progress or (lambda _: None))
 
     def _wait_until_ready(self, timeout: float, progress: Callable[[str], None]) -> None:
+        # Synchronous on purpose: it runs in `manage.py serve` before daphne starts (and in a
+        # test fixture), never on an event loop.
         assert self.process is not None
         deadline = time.monotonic() + timeout
         progress(f"Starting the local model {MODEL_NAME} on {self.base_url} ...")
