@@ -47,6 +47,10 @@ class LLMError(Exception):
         self.detail = detail
 
 
+# What a reply ends with when the server stops under it.
+INTERRUPTED = LLMError("interrupted", "The server stopped while writing this reply.")
+
+
 # --- The shared client ------------------------------------------------------------------
 
 _client: openai.AsyncOpenAI | None = None

@@ -213,8 +213,8 @@ def _settle_orphans(conversation: Conversation, *, holding_reservation: bool) ->
         streaming = streaming.filter(updated_at__lt=stale_before)
     streaming.update(
         status=Message.Status.INTERRUPTED,
-        error_code="interrupted",
-        error_detail="The server stopped while writing this reply.",
+        error_code=llm.INTERRUPTED.code,
+        error_detail=llm.INTERRUPTED.detail,
         updated_at=timezone.now(),
     )
 

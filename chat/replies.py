@@ -87,7 +87,10 @@ class Reply:
             status, error = Status.FAILED, exc
             logger.info("reply %s failed: %s", self.message_id, exc)
         except asyncio.CancelledError:
-            status = Status.STOPPED if self._stop_requested else Status.INTERRUPTED
+            if self._stop_requested:
+                status = Status.STOPPED
+            else:  # the server is stopping
+                status, error = Status.INTERRUPTED, llm.INTERRUPTED
             raise
         except Exception as exc:
             status, error = Status.FAILED, llm.LLMError("internal_error", "Something broke.")
@@ -184,9 +187,18 @@ def release(reply: Reply) -> None:
 
 
 async def stop_all() -> None:
-    """Stop every reply of this process and wait until each is saved (tests, shutdown)."""
+    """Stop every reply of this process and wait until each is saved (tests)."""
     tasks = [reply.task for reply in all_running() if reply.task is not None]
     for reply in all_running():
         reply.stop()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    await clock.stop()
+
+
+async def interrupt_all() -> None:
+    """End every reply of this process as `interrupted`, its text saved (server shutdown)."""
+    tasks = [reply.task for reply in all_running() if reply.task is not None]
+    for task in tasks:
+        task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
     await clock.stop()

@@ -17,6 +17,7 @@ from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E40
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
 
 from chat.routing import websocket_urlpatterns  # noqa: E402
+from chat.shutdown import save_replies_on_daphne_shutdown  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
@@ -28,3 +29,5 @@ application = ProtocolTypeRouter(
         ),
     }
 )
+
+save_replies_on_daphne_shutdown()

@@ -15,22 +15,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
-import subprocess
-import sys
-import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
-from typing import Any
-from urllib.parse import quote
 
 import pytest
 import pytest_asyncio
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
-from django.db import connections
 from playwright.async_api import (
     Browser,
     ConsoleMessage,
@@ -44,6 +36,7 @@ from playwright.async_api import (
 
 from chat.models import Conversation, Message
 from tests.conftest import PASSWORD
+from tests.live_daphne import serve
 from tests.llm_server import Behaviour, FakeLLM, expected_text
 
 pytestmark = [
@@ -64,11 +57,6 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-SERVER_START_TIMEOUT = 20.0  # seconds
-SERVER_STOP_TIMEOUT = 15.0  # daphne gives open sockets up to 10 s to close
-# Port 0: the system picks a free port, and daphne logs it.
-DAPHNE = [sys.executable, "-m", "daphne", "--bind", "127.0.0.1", "--port", "0"]
-LISTENING = re.compile(r"Listening on TCP address [\d.]+:(\d+)")
 MARKUP = "<img src=x onerror=alert(1)>"
 SCREENSHOT = "/tmp/chat.png"  # noqa: S108 - looked at by a person, not read back
 
@@ -76,66 +64,11 @@ SCREENSHOT = "/tmp/chat.png"  # noqa: S108 - looked at by a person, not read bac
 # --- The server and the browser ----------------------------------------------------------
 
 
-def database_url(db: dict[str, Any]) -> str:
-    """A DATABASE_URL for the test database this process set up."""
-    if db["ENGINE"] == "django.db.backends.sqlite3":
-        return f"sqlite:///{db['NAME']}"
-    if db["ENGINE"] == "django.db.backends.postgresql":
-        auth = quote(db["USER"] or "", safe="")
-        if db["PASSWORD"]:
-            auth += ":" + quote(db["PASSWORD"], safe="")
-        port = f":{db['PORT']}" if db["PORT"] else ""
-        return f"postgres://{auth}@{db['HOST'] or 'localhost'}{port}/{quote(db['NAME'])}"
-    raise NotImplementedError(f"no live server for {db['ENGINE']}")
-
-
-def server_environment(llm_server: FakeLLM) -> dict[str, str]:
-    return {
-        **os.environ,
-        "DJANGO_SETTINGS_MODULE": settings.SETTINGS_MODULE,
-        "DATABASE_URL": database_url(connections["default"].settings_dict),
-        "OPENAI_BASE_URL": llm_server.base_url,
-        "OPENAI_API_KEY": "test-key",
-    }
-
-
-def wait_for_port(server: subprocess.Popen[bytes], log: Path) -> int:
-    """The port daphne chose, read from its log."""
-    deadline = time.monotonic() + SERVER_START_TIMEOUT
-    while time.monotonic() < deadline and server.poll() is None:
-        if found := LISTENING.search(log.read_text()):
-            return int(found.group(1))
-        time.sleep(0.05)
-    raise RuntimeError(f"daphne did not start:\n{log.read_text()}")
-
-
-def stop(server: subprocess.Popen[bytes]) -> None:
-    server.terminate()
-    try:
-        server.wait(SERVER_STOP_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        server.kill()
-        server.wait()
-
-
 @pytest.fixture(scope="module")
 def live_server_url(django_db_setup: None, llm_server: FakeLLM) -> Iterator[str]:
     """daphne serving the app on the test database, its model pointed at `llm_server`."""
-    with tempfile.TemporaryDirectory() as tmp:
-        log = Path(tmp) / "daphne.log"
-        with log.open("wb") as out:
-            server = subprocess.Popen(  # noqa: S603 - our own interpreter and arguments
-                [*DAPHNE, "chatsite.asgi:application"],
-                cwd=settings.BASE_DIR,
-                env=server_environment(llm_server),
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-        try:
-            port = wait_for_port(server, log)
-            yield f"http://localhost:{port}"
-        finally:
-            stop(server)
+    with serve(llm_server) as server:
+        yield server.url
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")

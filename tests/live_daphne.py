@@ -1,0 +1,99 @@
+"""The app served by a real daphne in a child process, on this test run's database."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from django.conf import settings
+from django.db import connections
+
+from tests.llm_server import FakeLLM
+
+SERVER_START_TIMEOUT = 20.0  # seconds
+SERVER_STOP_TIMEOUT = 15.0  # daphne gives open sockets up to 10 s to close
+# Port 0: the system picks a free port, and daphne logs it.
+DAPHNE = [sys.executable, "-m", "daphne", "--bind", "127.0.0.1", "--port", "0"]
+LISTENING = re.compile(r"Listening on TCP address [\d.]+:(\d+)")
+
+
+@dataclass
+class LiveServer:
+    process: subprocess.Popen[bytes]
+    port: int
+    log: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://localhost:{self.port}"
+
+
+@contextmanager
+def serve(llm_server: FakeLLM) -> Iterator[LiveServer]:
+    """daphne serving the app on the test database, its model pointed at `llm_server`."""
+    with tempfile.TemporaryDirectory() as tmp:
+        log = Path(tmp) / "daphne.log"
+        with log.open("wb") as out:
+            process = subprocess.Popen(  # noqa: S603 - our own interpreter and arguments
+                [*DAPHNE, "chatsite.asgi:application"],
+                cwd=settings.BASE_DIR,
+                env=server_environment(llm_server),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        try:
+            yield LiveServer(process, wait_for_port(process, log), log)
+        finally:
+            stop(process)
+
+
+def database_url(db: dict[str, Any]) -> str:
+    """A DATABASE_URL for the test database this process set up."""
+    if db["ENGINE"] == "django.db.backends.sqlite3":
+        return f"sqlite:///{db['NAME']}"
+    if db["ENGINE"] == "django.db.backends.postgresql":
+        auth = quote(db["USER"] or "", safe="")
+        if db["PASSWORD"]:
+            auth += ":" + quote(db["PASSWORD"], safe="")
+        port = f":{db['PORT']}" if db["PORT"] else ""
+        return f"postgres://{auth}@{db['HOST'] or 'localhost'}{port}/{quote(db['NAME'])}"
+    raise NotImplementedError(f"no live server for {db['ENGINE']}")
+
+
+def server_environment(llm_server: FakeLLM) -> dict[str, str]:
+    return {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": settings.SETTINGS_MODULE,
+        "DATABASE_URL": database_url(connections["default"].settings_dict),
+        "OPENAI_BASE_URL": llm_server.base_url,
+        "OPENAI_API_KEY": "test-key",
+    }
+
+
+def wait_for_port(server: subprocess.Popen[bytes], log: Path) -> int:
+    """The port daphne chose, read from its log."""
+    deadline = time.monotonic() + SERVER_START_TIMEOUT
+    while time.monotonic() < deadline and server.poll() is None:
+        if found := LISTENING.search(log.read_text()):
+            return int(found.group(1))
+        time.sleep(0.05)
+    raise RuntimeError(f"daphne did not start:\n{log.read_text()}")
+
+
+def stop(server: subprocess.Popen[bytes]) -> None:
+    server.terminate()
+    try:
+        server.wait(SERVER_STOP_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        server.kill()
+        server.wait()
