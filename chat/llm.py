@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Iterable
+from collections.abc import AsyncGenerator, Iterable
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -156,10 +156,34 @@ class ReplyStream:
         self._chunks_with_text = 0
 
     async def deltas(self) -> AsyncGenerator[str]:
-        """Yield the reply's text as it arrives; raise LLMError for any upstream failure."""
+        """Yield the reply's text as it arrives; raise LLMError for any upstream failure.
+
+        One generator, no helper generator inside it: every layer costs each token a hop."""
+        extra: dict[str, Any] = {}
+        if settings.CHAT_MAX_REPLY_TOKENS:
+            extra["max_tokens"] = settings.CHAT_MAX_REPLY_TOKENS
+        create = get_client().chat.completions.with_streaming_response.create
         try:
-            async for text in self._read():
-                yield text
+            # `async with` closes the upstream request however this ends: a stop must stop
+            # billing.
+            async with (
+                upstream_turn(),
+                create(
+                    model=self.model,
+                    messages=cast("list[ChatCompletionMessageParam]", self.messages),
+                    stream=True,
+                    stream_options={"include_usage": True},
+                    **extra,
+                ) as response,
+            ):
+                async for line in response.iter_lines():
+                    if not line.startswith("data:"):
+                        continue  # blank separators, comments, `event:` lines
+                    data = line[5:].strip()
+                    if data == "[DONE]":
+                        break
+                    for text in self._parse_chunk(data):
+                        yield text
         except openai.APIError as exc:
             raise _error_from_sdk(exc) from exc
         except httpx2.TimeoutException as exc:
@@ -172,31 +196,6 @@ class ReplyStream:
             raise LLMError("upstream_disconnected", "The model's reply ended unfinished.")
         if self.usage is None:
             self.usage = self.estimated_usage()
-
-    async def _read(self) -> AsyncIterator[str]:
-        create = get_client().chat.completions.with_streaming_response.create
-        extra: dict[str, Any] = {}
-        if settings.CHAT_MAX_REPLY_TOKENS:
-            extra["max_tokens"] = settings.CHAT_MAX_REPLY_TOKENS
-        # `async with` closes the upstream request however this ends: a stop must stop billing.
-        async with (
-            upstream_turn(),
-            create(
-                model=self.model,
-                messages=cast("list[ChatCompletionMessageParam]", self.messages),
-                stream=True,
-                stream_options={"include_usage": True},
-                **extra,
-            ) as response,
-        ):
-            async for line in response.iter_lines():
-                if not line.startswith("data:"):
-                    continue  # blank separators, comments, `event:` lines
-                data = line[5:].strip()
-                if data == "[DONE]":
-                    return
-                for text in self._parse_chunk(data):
-                    yield text
 
     def _parse_chunk(self, data: str) -> list[str]:
         try:
