@@ -106,7 +106,11 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
 elif DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
     # Under ASGI persistent connections are off; psycopg's pool keeps them instead.
     DATABASES["default"]["CONN_MAX_AGE"] = 0
-    DATABASES["default"]["OPTIONS"] = {"pool": {"min_size": 1, "max_size": 8}}
+    # Each HTTP request runs its ORM calls on a thread of its own, each holding a pooled
+    # connection while it runs; websockets share one ORM thread.
+    DATABASES["default"]["OPTIONS"] = {
+        "pool": {"min_size": 1, "max_size": env_int("CHAT_DB_POOL_SIZE", 10), "timeout": 10}
+    }
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
