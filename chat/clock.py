@@ -60,6 +60,10 @@ async def _tick() -> None:
             next_tick = max(next_tick + settings.CHAT_FRAME_INTERVAL, loop.time())
             await asyncio.sleep(next_tick - loop.time())
     finally:
+        # From here on a new reply must start a new clock, not count on this one.
+        global _task
+        if _task is asyncio.current_task():
+            _task = None
         if saving is not None:
             await asyncio.shield(saving)
 
@@ -68,15 +72,21 @@ async def _save(running: list[Reply]) -> None:
     """Save the new partial text of every streaming reply in one database step."""
     from chat import persistence
 
-    saves = {}
+    saves, alive = {}, []
     for reply in running:
-        if reply.message_id is not None and reply.seq > reply.checkpointed_seq:
+        if reply.message_id is None:
+            continue
+        if reply.seq > reply.checkpointed_seq:
             reply.checkpointed_seq = reply.seq
             saves[reply.message_id] = reply.content
-    if not saves:
+        elif settings.REDIS_URL:
+            # Other processes judge a reply stale by its last save: one waiting for the
+            # model's first token (or for its turn) must still look alive to them.
+            alive.append(reply.message_id)
+    if not saves and not alive:
         return
     try:
-        await persistence.checkpoint(saves)
+        await persistence.checkpoint(saves, alive)
     except Exception:
         # A failed save loses nothing yet: the final write still comes.
         logger.exception("saving %d partial replies failed", len(saves))

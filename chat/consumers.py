@@ -64,6 +64,17 @@ class ConversationConsumer(AsyncJsonWebsocketConsumer):  # type: ignore[misc]
 
     async def disconnect(self, code: int) -> None:
         """Stop watching; a running reply goes on and is saved (a disconnect is not a stop)."""
+        self.stop_watching()
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        # Channels calls `disconnect` only for a clean close; a consumer that crashed or was
+        # cancelled (daphne does that 10 s after the client left) must stop watching too.
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.stop_watching()
+
+    def stop_watching(self) -> None:
         if hasattr(self, "conversation_id"):
             watchers.unwatch(self.conversation_id, self)
 
@@ -126,11 +137,21 @@ class ConversationConsumer(AsyncJsonWebsocketConsumer):  # type: ignore[misc]
             await handler(content)
         except persistence.Refused as refused:
             await self.send_error(refused.code, refused.detail)
+        except Exception:
+            # A failure of ours (the database gone, a bug): said, logged, the socket kept.
+            logger.exception("serving a %r frame failed", content["type"])
+            await self.send_error("internal_error", "Something went wrong; try again.")
 
     async def on_send(self, frame: dict[str, Any]) -> None:
         """Post a user message and start a reply; a retried `client_msg_id` posts nothing."""
         content = _text(frame, "content")
         client_msg_id = _uuid(frame, "client_msg_id", required=False)
+        if client_msg_id is not None and replies.running(self.conversation_id):
+            # Most likely the retry of the send whose reply runs: answer it, not `busy`.
+            sent = await persistence.find_sent(self.user_id, self.conversation_id, client_msg_id)
+            if sent is not None:
+                await self.send_json({"type": "message", "message": message_json(sent)})
+                return
         with replies.reserved(self.conversation_id) as reply:
             posted = await persistence.post_user_message(
                 self.user_id, self.conversation_id, content, client_msg_id

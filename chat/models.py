@@ -97,3 +97,21 @@ class Message(models.Model):
         if not self.error_code:
             return None
         return {"code": self.error_code, "detail": self.error_detail}
+
+
+class UsageRecord(models.Model):
+    """One per reply started: what the per-minute and per-day limits count. Kept when the
+    reply itself is replaced (regenerate, edit), so replacing replies cannot reset them."""
+
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="usage_records"
+    )
+    message_id = models.UUIDField(db_index=True)
+    total_tokens = models.PositiveIntegerField(default=0)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        indexes = [models.Index(fields=["owner", "created_at"], name="usage_owner_recent")]
+
+    def __str__(self) -> str:
+        return f"{self.owner_id}: {self.total_tokens} tokens at {self.created_at:%Y-%m-%d %H:%M}"

@@ -15,11 +15,11 @@ from uuid import UUID
 from channels.db import database_sync_to_async
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Sum
+from django.db.models import QuerySet, Sum
 from django.utils import timezone
 
 from chat import llm
-from chat.models import Conversation, Message
+from chat.models import Conversation, Message, UsageRecord
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -67,7 +67,7 @@ class State:
 @db_step
 def load_state(user_id: int, conversation_id: UUID, *, reply_running: bool) -> State | None:
     """The conversation and its recent messages, or None if it is not the user's."""
-    conversation = Conversation.objects.filter(pk=conversation_id, owner_id=user_id).first()
+    conversation = owned(user_id).filter(pk=conversation_id).first()
     if conversation is None:
         return None
     recent = conversation.messages.order_by("-created_at")[: settings.CHAT_STATE_MESSAGES]
@@ -80,7 +80,21 @@ def load_state(user_id: int, conversation_id: UUID, *, reply_running: bool) -> S
 
 @db_step
 def owns(user_id: int, conversation_id: UUID) -> bool:
-    return Conversation.objects.filter(pk=conversation_id, owner_id=user_id).exists()
+    return owned(user_id).filter(pk=conversation_id).exists()
+
+
+@db_step
+def find_sent(user_id: int, conversation_id: UUID, client_msg_id: UUID) -> Message | None:
+    """The message a send with this `client_msg_id` posted, if any."""
+    return Message.objects.filter(
+        conversation__in=owned(user_id).filter(pk=conversation_id), client_msg_id=client_msg_id
+    ).first()
+
+
+def owned(user_id: int) -> QuerySet[Conversation]:
+    """The conversations of a user who may still use them: a deactivated account's open
+    sockets lose access at their next frame."""
+    return Conversation.objects.filter(owner_id=user_id, owner__is_active=True)
 
 
 # --- Starting a reply -------------------------------------------------------------------
@@ -128,6 +142,7 @@ def regenerate(user_id: int, conversation_id: UUID) -> ReplyPlan:
             _settle_orphans(conversation, holding_reservation=True)
         if not history or history[-1].role != Message.Role.ASSISTANT:
             raise Refused("bad_request", "There is no reply to regenerate.")
+        _check_limits(user_id)
         last = history.pop()
         Message.objects.filter(pk=last.pk).delete()
         plan = _plan_reply(conversation, history, [], timezone.now())
@@ -148,6 +163,7 @@ def edit(user_id: int, conversation_id: UUID, message_id: UUID, content: str) ->
         )
         if position is None:
             raise Refused("not_found", "No such message of yours in this conversation.")
+        _check_limits(user_id)
         message, later = history[position], history[position + 1 :]
         removed = [m.pk for m in later]
         Message.objects.filter(pk__in=removed).delete()
@@ -164,9 +180,7 @@ def edit(user_id: int, conversation_id: UUID, message_id: UUID, content: str) ->
 def _lock_conversation(user_id: int, conversation_id: UUID) -> Conversation:
     # The row lock serialises the replies of one conversation across processes.
     conversation = (
-        Conversation.objects.select_for_update()
-        .filter(pk=conversation_id, owner_id=user_id)
-        .first()
+        owned(user_id).select_for_update(of=("self",)).filter(pk=conversation_id).first()
     )
     if conversation is None:
         raise NOT_FOUND
@@ -187,6 +201,9 @@ def _plan_reply(
         updated_at=now,
     )
     Message.objects.bulk_create([*new, assistant])
+    UsageRecord.objects.create(
+        owner_id=conversation.owner_id, message_id=assistant.pk, created_at=now
+    )
     conversation.updated_at = now
     conversation.save(update_fields=["title", "updated_at"])
     turns = [(m.role, m.content) for m in [*history, *new] if m.content]
@@ -220,14 +237,17 @@ def _settle_orphans(conversation: Conversation, *, holding_reservation: bool) ->
 
 
 def _check_limits(user_id: int) -> None:
+    """Replies started per minute and tokens per day, whatever started them."""
     now = timezone.now()
-    mine = Message.objects.filter(conversation__owner_id=user_id)
-    sent = mine.filter(role=Message.Role.USER, created_at__gte=now - timedelta(minutes=1))
-    if sent.count() >= settings.CHAT_MESSAGES_PER_MINUTE:
+    records = UsageRecord.objects.filter(owner_id=user_id)
+    if records.filter(created_at__gte=now - timedelta(minutes=1)).count() >= (
+        settings.CHAT_MESSAGES_PER_MINUTE
+    ):
         raise Refused("rate_limited", "You are sending messages too fast; wait a minute.")
     if settings.CHAT_TOKENS_PER_DAY:
         midnight = now.replace(hour=0, minute=0, second=0, microsecond=0)
-        used = mine.filter(created_at__gte=midnight).aggregate(used=Sum("total_tokens"))["used"]
+        today = records.filter(created_at__gte=midnight)
+        used = today.aggregate(used=Sum("total_tokens"))["used"]
         if (used or 0) >= settings.CHAT_TOKENS_PER_DAY:
             raise Refused("quota_exceeded", "You have used today's tokens; come back tomorrow.")
 
@@ -236,15 +256,18 @@ def _check_limits(user_id: int) -> None:
 
 
 @db_step
-def checkpoint(contents: dict[UUID, str]) -> None:
+def checkpoint(contents: dict[UUID, str], alive: list[UUID]) -> None:
     """Save the partial texts of streaming replies (one transaction for all), so that a
-    crash loses at most a checkpoint interval of them. A reply that ended meanwhile is
-    not `streaming` any more, and keeps its final text."""
+    crash loses at most a checkpoint interval of them; and mark the `alive` ones as still
+    running, so other processes do not take them for orphans. A reply that ended
+    meanwhile is not `streaming` any more, and keeps its final text."""
     now = timezone.now()
     streaming = Message.objects.filter(status=Message.Status.STREAMING)
     with transaction.atomic():
         for message_id, content in contents.items():
             streaming.filter(pk=message_id).update(content=content, updated_at=now)
+        if alive:
+            streaming.filter(pk__in=alive).update(updated_at=now)
 
 
 @db_step
@@ -255,7 +278,21 @@ def finish(
     usage: llm.Usage | None,
     error: llm.LLMError | None,
 ) -> None:
-    """Write the reply whole, with the status that says how it ended."""
+    """Write the reply whole, with the status that says how it ended, and count its tokens."""
+    with transaction.atomic():
+        UsageRecord.objects.filter(message_id=message_id).update(
+            total_tokens=usage.total_tokens if usage else 0
+        )
+        _write_reply(message_id, content, status, usage, error)
+
+
+def _write_reply(
+    message_id: UUID,
+    content: str,
+    status: str,
+    usage: llm.Usage | None,
+    error: llm.LLMError | None,
+) -> None:
     Message.objects.filter(pk=message_id).update(
         content=content,
         status=status,

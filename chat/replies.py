@@ -59,6 +59,7 @@ class Reply:
         self.task = asyncio.create_task(
             self._run(llm.ReplyStream(model, prompt)), name=f"reply-{message_id}"
         )
+        self.task.add_done_callback(self._task_done)
         clock.ensure_running()
 
     def stop(self) -> None:
@@ -97,7 +98,21 @@ class Reply:
             logger.exception("reply %s crashed", self.message_id, exc_info=exc)
         finally:
             self._finishing = True
-            await self._finish(status, stream.usage or stream.estimated_usage(), error)
+            finish = asyncio.ensure_future(
+                self._finish(status, stream.usage or stream.estimated_usage(), error)
+            )
+            try:
+                await asyncio.shield(finish)
+            except asyncio.CancelledError:
+                await finish  # a cancel now (server shutdown) must not lose the final write
+                raise
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        """Leave the registry however the task ended (even cancelled before it ran), and
+        log what nobody awaits."""
+        release(self)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            logger.error("reply %s ended with an error", self.message_id, exc_info=exc)
 
     async def flush(self) -> None:
         """Send the text gathered since the last frame, as one frame."""
@@ -127,7 +142,12 @@ class Reply:
             await self.flush()
             assert self.message_id is not None
             content = self.content
-            await persistence.finish(self.message_id, content, status, usage, error)
+            try:
+                await persistence.finish(self.message_id, content, status, usage, error)
+            except Exception:
+                # The tabs still learn how it ended; the row keeps its last checkpoint and
+                # is settled as `interrupted` when the conversation is next opened.
+                logger.exception("saving reply %s failed", self.message_id)
             await watchers.broadcast(
                 self.conversation_id,
                 {
@@ -198,7 +218,8 @@ async def stop_all() -> None:
 async def interrupt_all() -> None:
     """End every reply of this process as `interrupted`, its text saved (server shutdown)."""
     tasks = [reply.task for reply in all_running() if reply.task is not None]
-    for task in tasks:
-        task.cancel()
+    for reply in all_running():
+        if reply.task is not None and not reply._finishing:  # the rest end by themselves
+            reply.task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
     await clock.stop()

@@ -325,3 +325,55 @@ async def test_fresh_reply_of_another_process_is_left_alone(
     assert (await socket.receive())["code"] == "busy"
     await running.arefresh_from_db()
     assert running.status == "streaming"
+
+
+async def test_regenerate_counts_toward_the_rate_limit(
+    llm, user, conversation, open_socket, settings
+):
+    settings.CHAT_MESSAGES_PER_MINUTE = 2
+    llm.behaviour = Behaviour(tokens=1)
+    socket = await open_socket(user, conversation.id)
+    await socket.send(type="send", content="one")
+    await socket.receive_until("done")
+    await socket.send(type="regenerate")
+    await socket.receive_until("done")
+    await socket.send(type="regenerate")
+    assert (await socket.receive())["code"] == "rate_limited"
+
+
+async def test_replacing_a_reply_does_not_give_its_tokens_back(
+    llm, user, conversation, open_socket, settings
+):
+    settings.CHAT_TOKENS_PER_DAY = 10
+    socket = await open_socket(user, conversation.id)
+    await socket.send(type="send", content="one")
+    first = (await socket.receive_until("done"))[-1]
+    assert first["usage"]["total_tokens"] >= 10
+    # Regenerating would delete the reply that used the tokens; the quota still counts them.
+    await socket.send(type="regenerate")
+    assert (await socket.receive())["code"] == "quota_exceeded"
+
+
+async def test_retried_send_while_its_reply_runs_is_answered_not_busy(
+    llm, user, conversation, open_socket
+):
+    llm.behaviour = Behaviour(tokens=50, token_delay=0.02)
+    socket = await open_socket(user, conversation.id)
+    client_msg_id = str(uuid.uuid4())
+    await socket.send(type="send", content="Once", client_msg_id=client_msg_id)
+    frames = await socket.receive_until("delta")
+    await socket.send(type="send", content="Once", client_msg_id=client_msg_id)
+    frames = await socket.receive_until("done")
+    echoes = [f for f in frames if f["type"] == "message"]
+    assert [e["message"]["content"] for e in echoes] == ["Once"]
+    assert not [f for f in frames if f["type"] == "error"]
+    assert await Message.objects.filter(conversation=conversation).acount() == 2
+
+
+async def test_deactivated_user_loses_an_open_socket(llm, user, conversation, open_socket):
+    socket = await open_socket(user, conversation.id)
+    user.is_active = False
+    await user.asave(update_fields=["is_active"])
+    await socket.send(type="send", content="Still here?")
+    assert (await socket.receive())["code"] == "not_found"
+    assert await Message.objects.acount() == 0
