@@ -272,35 +272,19 @@ def checkpoint(contents: dict[UUID, str], alive: list[UUID]) -> None:
 
 @db_step
 def finish(
-    message_id: UUID,
-    content: str,
-    status: str,
-    usage: llm.Usage | None,
-    error: llm.LLMError | None,
+    message_id: UUID, content: str, status: str, usage: llm.Usage, error: llm.LLMError | None
 ) -> None:
     """Write the reply whole, with the status that says how it ended, and count its tokens."""
     with transaction.atomic():
-        UsageRecord.objects.filter(message_id=message_id).update(
-            total_tokens=usage.total_tokens if usage else 0
+        UsageRecord.objects.filter(message_id=message_id).update(total_tokens=usage.total_tokens)
+        Message.objects.filter(pk=message_id).update(
+            content=content,
+            status=status,
+            prompt_tokens=usage.prompt_tokens,
+            completion_tokens=usage.completion_tokens,
+            total_tokens=usage.total_tokens,
+            usage_estimated=usage.estimated,
+            error_code=error.code if error else "",
+            error_detail=error.detail if error else "",
+            updated_at=timezone.now(),
         )
-        _write_reply(message_id, content, status, usage, error)
-
-
-def _write_reply(
-    message_id: UUID,
-    content: str,
-    status: str,
-    usage: llm.Usage | None,
-    error: llm.LLMError | None,
-) -> None:
-    Message.objects.filter(pk=message_id).update(
-        content=content,
-        status=status,
-        prompt_tokens=usage.prompt_tokens if usage else None,
-        completion_tokens=usage.completion_tokens if usage else None,
-        total_tokens=usage.total_tokens if usage else None,
-        usage_estimated=usage.estimated if usage else False,
-        error_code=error.code if error else "",
-        error_detail=error.detail if error else "",
-        updated_at=timezone.now(),
-    )
