@@ -258,6 +258,8 @@ class SocketSwitch:
         self.up = True
         self.attempts = 0
         self.drop_delta: int | None = None  # the seq of one delta to lose on its way
+        self.delay_question = False  # hand on the user's message after the next frame
+        self.held: str | bytes | None = None
         self.current: WebSocketRoute | None = None
 
     async def route(self, page_side: WebSocketRoute) -> None:
@@ -274,7 +276,17 @@ class SocketSwitch:
         if frame["type"] == "delta" and frame["seq"] == self.drop_delta:
             self.drop_delta = None
             return
+        if (
+            self.delay_question
+            and frame["type"] == "message"
+            and frame["message"]["role"] == "user"
+        ):
+            self.delay_question, self.held = False, message
+            return
         page_side.send(message)
+        if self.held is not None:
+            page_side.send(self.held)
+            self.held = None
 
     async def drop(self) -> None:
         assert self.current is not None
@@ -366,3 +378,22 @@ async def test_logged_out_goes_to_login(
     await switch.drop()
 
     await expect(page).to_have_url(f"{live_server_url}/accounts/login/?next={chat_path}")
+
+
+async def test_question_shows_above_its_answer_whatever_arrives_first(
+    page: Page,
+    switch: SocketSwitch,
+    live_server_url: str,
+    user: AbstractBaseUser,
+    llm_server: FakeLLM,
+) -> None:
+    # As for a tab that connects while another sends: the reply is heard of first.
+    llm_server.behaviour = Behaviour(tokens=5)
+    await open_new_chat(page, live_server_url, user)
+    switch.delay_question = True
+    await send(page, "Which comes first?")
+    await expect(last_reply(page)).to_have_attribute("data-status", "complete")
+    roles = await page.locator("#transcript > li").evaluate_all(
+        "items => items.map(item => item.classList.contains('message--user') ? 'user' : 'bot')"
+    )
+    assert roles == ["user", "bot"]

@@ -116,18 +116,41 @@ function renderEntry(entry) {
   entry.status.hidden = entry.status.textContent === "";
 }
 
-// Inserts or updates one message; new messages are the newest, so they go last.
+// Inserts or updates one message, kept in the order the server created them: a tab that
+// connects while another sends can learn of a reply before the question it answers.
 function upsert(data) {
   let entry = messages.get(data.id);
   if (entry) {
+    const placed = entry.data.created_at;
     entry.data = { ...entry.data, ...data };
+    if (!placed && entry.data.created_at) place(entry);
   } else {
     entry = createEntry(data);
     messages.set(data.id, entry);
-    ui.transcript.append(entry.el);
+    place(entry);
   }
   renderEntry(entry);
   return entry;
+}
+
+// Before the first message created after this one. A message not yet known to the
+// database (a placeholder) counts as the newest; ISO times in UTC sort as text.
+function place(entry) {
+  const at = entry.data.created_at;
+  if (!at) {
+    ui.transcript.append(entry.el);
+    return;
+  }
+  for (const el of ui.transcript.children) {
+    const other = messages.get(el.dataset.id);
+    if (!other || other === entry) continue;
+    const otherAt = other.data.created_at;
+    if (!otherAt || otherAt > at) {
+      ui.transcript.insertBefore(entry.el, el);
+      return;
+    }
+  }
+  ui.transcript.append(entry.el);
 }
 
 function streamingEntry() {
