@@ -12,7 +12,7 @@ from channels.consumer import get_handler_name
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
 
-from chat import persistence, replies, watchers
+from chat import crossprocess, persistence, replies, watchers
 from chat.serializers import conversation_json, message_json
 
 logger = logging.getLogger(__name__)
@@ -169,6 +169,8 @@ class ConversationConsumer(AsyncJsonWebsocketConsumer):  # type: ignore[misc]
         reply = replies.running(self.conversation_id)
         if reply is not None:
             reply.stop()
+        elif crossprocess.enabled():
+            await crossprocess.request_stop(self.conversation_id)  # another process's reply
 
     async def on_regenerate(self, frame: dict[str, Any]) -> None:
         """Replace the last reply with a new one."""

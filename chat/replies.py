@@ -13,11 +13,11 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Iterator
-from contextlib import aclosing, contextmanager
+from contextlib import aclosing, contextmanager, suppress
 from typing import Any
 from uuid import UUID
 
-from chat import clock, llm, persistence, watchers
+from chat import clock, crossprocess, llm, persistence, watchers
 from chat.models import Message
 
 logger = logging.getLogger(__name__)
@@ -78,6 +78,8 @@ class Reply:
         try:
             if self._stop_requested:  # stopped before the task got to run
                 raise asyncio.CancelledError
+            if crossprocess.enabled():
+                await self._join_group()
             # Leaving this block, however it ends, closes the upstream request first.
             async with aclosing(stream.deltas()) as deltas:
                 async for text in deltas:
@@ -113,6 +115,13 @@ class Reply:
         release(self)
         if not task.cancelled() and (exc := task.exception()) is not None:
             logger.error("reply %s ended with an error", self.message_id, exc_info=exc)
+
+    async def _join_group(self) -> None:
+        try:
+            await crossprocess.joined(self.conversation_id)
+        except Exception:
+            # The reply goes on; only a stop from another process's tab cannot reach it.
+            logger.warning("reply %s: the channel layer is unreachable", self.message_id)
 
     async def flush(self) -> None:
         """Send the text gathered since the last frame, as one frame."""
@@ -161,6 +170,9 @@ class Reply:
             )
         finally:
             release(self)
+            if crossprocess.enabled():
+                with suppress(Exception):  # the group entry expires by itself anyway
+                    await crossprocess.left(self.conversation_id)
 
 
 def usage_json(usage: llm.Usage) -> dict[str, int | bool]:

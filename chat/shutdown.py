@@ -27,9 +27,10 @@ def save_replies_on_daphne_shutdown() -> None:
 
 
 async def interrupt_replies() -> None:
-    from chat import replies
+    from chat import crossprocess, replies
 
     running = replies.all_running()
     if running:
         logger.info("server stopping: saving %d running replies", len(running))
     await replies.interrupt_all()
+    await crossprocess.close()

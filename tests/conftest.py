@@ -13,7 +13,7 @@ from django.contrib.auth.models import User
 from django.db import connections
 from django.test import AsyncClient
 
-from chat import replies
+from chat import crossprocess, replies
 from chat.llm import aclose_client
 from chat.models import Conversation
 from tests.chat_socket import ChatSocket
@@ -67,6 +67,7 @@ async def llm(llm_server: FakeLLM, settings: Any) -> AsyncIterator[FakeLLM]:
     yield llm_server
     # Nothing of this test may outlive it: its replies and the client bound to its loop.
     await replies.stop_all()
+    await crossprocess.close()
     await aclose_client()
 
 

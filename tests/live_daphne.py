@@ -39,15 +39,16 @@ class LiveServer:
 
 
 @contextmanager
-def serve(llm_server: FakeLLM) -> Iterator[LiveServer]:
-    """daphne serving the app on the test database, its model pointed at `llm_server`."""
+def serve(llm_server: FakeLLM, **environment: str) -> Iterator[LiveServer]:
+    """daphne serving the app on the test database, its model pointed at `llm_server`;
+    `environment` adds to or overrides its environment."""
     with tempfile.TemporaryDirectory() as tmp:
         log = Path(tmp) / "daphne.log"
         with log.open("wb") as out:
             process = subprocess.Popen(  # noqa: S603 - our own interpreter and arguments
                 [*DAPHNE, "chatsite.asgi:application"],
                 cwd=settings.BASE_DIR,
-                env=server_environment(llm_server),
+                env={**server_environment(llm_server), **environment},
                 stdout=out,
                 stderr=subprocess.STDOUT,
             )

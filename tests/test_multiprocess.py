@@ -1,0 +1,61 @@
+"""Two ASGI processes of one site, sharing the database and Redis: a tab on one process
+stops the reply that the other process runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from typing import Any
+
+import aiohttp
+import pytest
+from asgiref.sync import sync_to_async
+
+from chat.models import Message
+from tests.live_daphne import serve
+from tests.llm_server import Behaviour, wait_until
+from tests.test_shutdown import session_cookie
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+# Redis runs on every development and CI machine (DESIGN.md section 6).
+REDIS_URL = os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0"
+
+
+async def next_frame(socket: aiohttp.ClientWebSocketResponse) -> dict[str, Any]:
+    frame: dict[str, Any] = json.loads((await socket.receive(timeout=10)).data)
+    return frame
+
+
+async def test_stop_reaches_the_reply_another_process_runs(llm_server, user, make_conversation):
+    llm_server.reset()
+    llm_server.behaviour = Behaviour(tokens=400, token_delay=0.02)
+    conversation = await sync_to_async(make_conversation)(user)
+    cookie = await sync_to_async(session_cookie)(user)
+    path = f"/ws/conversations/{conversation.id}/"
+    with (
+        serve(llm_server, REDIS_URL=REDIS_URL) as one,
+        serve(llm_server, REDIS_URL=REDIS_URL) as two,
+    ):
+        async with (
+            aiohttp.ClientSession(cookies={"sessionid": cookie}) as http,
+            http.ws_connect(one.url.replace("http", "ws") + path, origin=one.url) as tab_one,
+            http.ws_connect(two.url.replace("http", "ws") + path, origin=two.url) as tab_two,
+        ):
+            assert (await next_frame(tab_one))["type"] == "state"
+            assert (await next_frame(tab_two))["type"] == "state"
+            await tab_one.send_json(
+                {"type": "send", "content": "Long one", "client_msg_id": str(uuid.uuid4())}
+            )
+            while (await next_frame(tab_one))["type"] != "delta":
+                pass
+
+            await tab_two.send_json({"type": "stop"})
+
+            while (frame := await next_frame(tab_one))["type"] != "done":
+                pass
+            assert frame["status"] == "stopped"
+    await wait_until(lambda: llm_server.disconnects == 1, timeout=5)
+    reply = await Message.objects.aget(pk=frame["message_id"])
+    assert reply.status == "stopped" and reply.content
