@@ -36,10 +36,6 @@ def unwatch(conversation_id: UUID, watcher: Watcher) -> None:
             del _watchers[conversation_id]
 
 
-def count(conversation_id: UUID) -> int:
-    return len(_watchers.get(conversation_id, ()))
-
-
 async def broadcast(conversation_id: UUID, frame: Frame) -> None:
     """Send a frame to every socket watching the conversation; one broken socket spoils none."""
     watchers = _watchers.get(conversation_id)
