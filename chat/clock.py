@@ -49,7 +49,7 @@ async def _tick() -> None:
     try:
         while running := replies.all_running():
             for reply in running:
-                await reply.flush()
+                await reply.tick()
             # The save runs beside the frames: the ORM thread may be busy for a while (a
             # crowd of sends), and frames must not wait for it. One save at a time.
             if loop.time() >= next_checkpoint and (saving is None or saving.done()):

@@ -13,13 +13,12 @@ import json
 import logging
 from collections.abc import AsyncGenerator, Iterable
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 import aiohttp
 import httpx2
 import openai
 from django.conf import settings
-from openai.types.chat import ChatCompletionMessageParam
 
 logger = logging.getLogger(__name__)
 
@@ -146,19 +145,28 @@ def message_tokens(message: dict[str, str]) -> int:
 
 
 class ReplyStream:
-    """One streamed completion: iterate `deltas()` for text; `usage` is known once it ends."""
+    """One streamed completion: iterate `deltas()` for text; `usage` is known once it ends.
+
+    With `paced` set, reading from the model's socket pauses after each read until
+    `release()`: tokens then wait in the kernel, and the next read takes all of them at
+    once, so a reply costs one wake-up per frame instead of one per token.
+    """
 
     def __init__(self, model: str, messages: list[dict[str, str]]) -> None:
         self.model = model
         self.messages = messages
         self.usage: Usage | None = None
         self.finish_reason: str | None = None
+        self.paced = False
         self._chunks_with_text = 0
+        self._upstream: aiohttp.ClientResponse | None = None
+        self._held = False
 
     async def deltas(self) -> AsyncGenerator[str]:
-        """Yield the reply's text as it arrives; raise LLMError for any upstream failure.
+        """Yield the reply's text as it arrives, all that one read brought as one string;
+        raise LLMError for any upstream failure.
 
-        One generator, no helper generator inside it: every layer costs each token a hop."""
+        One generator, no helper generator inside it: every layer costs each read a hop."""
         extra: dict[str, Any] = {}
         if settings.CHAT_MAX_REPLY_TOKENS:
             extra["max_tokens"] = settings.CHAT_MAX_REPLY_TOKENS
@@ -170,20 +178,34 @@ class ReplyStream:
                 upstream_turn(),
                 create(
                     model=self.model,
-                    messages=cast("list[ChatCompletionMessageParam]", self.messages),
+                    # The messages ride in `extra_body`, which the SDK sends as they are:
+                    # its parameter transform walks each message through the type hints of
+                    # every message kind, most of the CPU of a request, and would change
+                    # nothing in plain role/content strings.
+                    messages=[],
                     stream=True,
+                    extra_body={"messages": self.messages},
                     stream_options={"include_usage": True},
                     **extra,
                 ) as response,
             ):
-                async for line in response.iter_lines():
-                    if not line.startswith("data:"):
-                        continue  # blank separators, comments, `event:` lines
-                    data = line[5:].strip()
-                    if data == "[DONE]":
-                        break
-                    for text in self._parse_chunk(data):
-                        yield text
+                self._upstream = _aiohttp_response(response)
+                try:
+                    rest = b""
+                    async for chunk in response.iter_bytes():
+                        lines = (rest + chunk).split(b"\n")
+                        rest = lines.pop()  # an unfinished line waits for the next read
+                        texts, done, error = self._parse_lines(lines)
+                        if texts:
+                            yield "".join(texts)  # even when a later line is broken
+                        if error is not None:
+                            raise error
+                        if done:
+                            break
+                        if self.paced:
+                            self._hold()
+                finally:
+                    self.release()  # never leave a socket paused, however the read ends
         except openai.APIError as exc:
             raise _error_from_sdk(exc) from exc
         except httpx2.TimeoutException as exc:
@@ -197,7 +219,54 @@ class ReplyStream:
         if self.usage is None:
             self.usage = self.estimated_usage()
 
-    def _parse_chunk(self, data: str) -> list[str]:
+    @property
+    def pausable(self) -> bool:
+        """Whether reading can pause: only through the SDK's aiohttp transport."""
+        return self._upstream is not None
+
+    @property
+    def held(self) -> bool:
+        """Whether reading is paused until the next `release()`."""
+        return self._held
+
+    def _hold(self) -> None:
+        upstream = self._upstream
+        # A response that has read its end has handed its connection back to the pool:
+        # that socket is not this reply's to pause any more.
+        if upstream is None or upstream.connection is None or upstream.content.at_eof():
+            return
+        transport = upstream.connection.transport
+        if transport is not None and transport.is_reading():
+            transport.pause_reading()
+            self._held = True
+
+    def release(self) -> None:
+        """Read again: what the model sent meanwhile arrives in one read."""
+        if not self._held:
+            return
+        self._held = False
+        upstream = self._upstream
+        connection = upstream.connection if upstream is not None else None
+        if connection is not None and connection.transport is not None:
+            connection.transport.resume_reading()
+
+    def _parse_lines(self, lines: list[bytes]) -> tuple[list[str], bool, LLMError | None]:
+        """The texts of a read's complete SSE lines, whether the stream ended among them
+        (`[DONE]`), and the error that ended it, if one did."""
+        texts: list[str] = []
+        for line in lines:
+            if not line.startswith(b"data:"):
+                continue  # blank separators, comments, `event:` lines
+            data = line[5:].strip()
+            if data == b"[DONE]":
+                return texts, True, None
+            try:
+                texts += self._parse_chunk(data)
+            except LLMError as error:
+                return texts, True, error
+        return texts, False, None
+
+    def _parse_chunk(self, data: bytes) -> list[str]:
         try:
             chunk: dict[str, Any] = json.loads(data)
         except ValueError as exc:
@@ -224,6 +293,19 @@ class ReplyStream:
         # Most servers send about one token per chunk; the prompt is estimated from its size.
         prompt = sum(message_tokens(m) for m in self.messages)
         return Usage(prompt, self._chunks_with_text, estimated=True)
+
+
+def _aiohttp_response(response: object) -> aiohttp.ClientResponse | None:
+    """The aiohttp response under the SDK's streamed response, to pause its socket.
+
+    The SDK's aiohttp transport exposes it on no public attribute; if a new SDK version
+    moves it, this finds None and replies simply read every token as it comes
+    (`tests/test_pacing.py` fails first).
+    """
+    stream = getattr(getattr(response, "http_response", None), "stream", None)
+    stream = getattr(stream, "_stream", stream)  # httpx wraps the transport's stream
+    upstream = getattr(stream, "_aiohttp_response", None)
+    return upstream if isinstance(upstream, aiohttp.ClientResponse) else None
 
 
 # --- Errors -----------------------------------------------------------------------------

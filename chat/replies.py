@@ -33,6 +33,7 @@ class Reply:
         self.message_id: UUID | None = None
         self.seq = 0
         self.task: asyncio.Task[None] | None = None
+        self.stream: llm.ReplyStream | None = None
         self.checkpointed_seq = 0
         self._sent: list[str] = []  # text already sent in delta frames
         self._pending: list[str] = []  # text read from upstream, not yet sent
@@ -56,9 +57,8 @@ class Reply:
 
     def start(self, message_id: UUID, model: str, prompt: list[dict[str, str]]) -> None:
         self.message_id = message_id
-        self.task = asyncio.create_task(
-            self._run(llm.ReplyStream(model, prompt)), name=f"reply-{message_id}"
-        )
+        self.stream = llm.ReplyStream(model, prompt)
+        self.task = asyncio.create_task(self._run(self.stream), name=f"reply-{message_id}")
         self.task.add_done_callback(self._task_done)
         clock.ensure_running()
 
@@ -84,8 +84,12 @@ class Reply:
             async with aclosing(stream.deltas()) as deltas:
                 async for text in deltas:
                     self._pending.append(text)
-                    if self.seq == 0:
-                        await self.flush()  # the first words at once; then the clock's pace
+                    if self.seq == 0 or stream.pausable:
+                        # The first words at once. After them, a paced stream reads once
+                        # per clock tick, so what it read is already a whole frame; an
+                        # unpaced one leaves its text for the clock to send.
+                        await self.flush()
+                        stream.paced = True
         except llm.LLMError as exc:
             status, error = Status.FAILED, exc
             logger.info("reply %s failed: %s", self.message_id, exc)
@@ -122,6 +126,12 @@ class Reply:
         except Exception:
             # The reply goes on; only a stop from another process's tab cannot reach it.
             logger.warning("reply %s: the channel layer is unreachable", self.message_id)
+
+    async def tick(self) -> None:
+        """The clock's beat: send what is gathered, and let a paced stream read again."""
+        await self.flush()
+        if self.stream is not None:
+            self.stream.release()
 
     async def flush(self) -> None:
         """Send the text gathered since the last frame, as one frame."""
