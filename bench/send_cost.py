@@ -1,8 +1,9 @@
-"""CPU per send on the ORM thread: `persistence.post_user_message` called directly, N times,
-on a fresh SQLite database. At K chats sending at once these calls queue on the one ORM
-thread, so their cost bounds the time to first token (issue 4).
+"""CPU per send on the ORM thread: `persistence.post_user_messages` called directly on a
+fresh SQLite database, for N sends in batches of B. At K chats sending at once the sends
+queue on the one ORM thread, so their cost bounds the time to first token (issue 4); sends
+that arrive together are stored in one batch (`chat.batching`).
 
-    .venv/bin/python -m bench.send_cost [--n 200]
+    .venv/bin/python -m bench.send_cost [--n 200] [--batch 1]
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import uuid
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--n", type=int, default=200)
+    parser.add_argument("--batch", type=int, default=1, help="sends per database step")
     args = parser.parse_args(argv)
     folder = tempfile.mkdtemp(prefix="send-cost-")
     os.environ.update(
@@ -38,7 +40,7 @@ def main(argv: list[str] | None = None) -> None:
     call_command("migrate", verbosity=0)
     user = get_user_model().objects.create_user("bench")
     conversations = [Conversation.objects.create(owner=user, model="m") for _ in range(args.n)]
-    post = persistence.post_user_message.func  # type: ignore[attr-defined]
+    post = persistence.post_user_messages.func  # type: ignore[attr-defined]
     statements: list[str] = []
 
     def count(execute, sql, params, many, context):  # type: ignore[no-untyped-def]
@@ -47,11 +49,14 @@ def main(argv: list[str] | None = None) -> None:
 
     with connection.execute_wrapper(count):
         started = time.process_time()
-        for conversation in conversations:
-            post(user.pk, conversation.id, "hello", uuid.uuid4())
+        for start in range(0, args.n, args.batch):
+            batch = conversations[start : start + args.batch]
+            sends = [persistence.Send(user.pk, c.id, "hello", uuid.uuid4()) for c in batch]
+            results = post(sends)
+            assert all(isinstance(r, persistence.ReplyPlan) for r in results), results
         cpu = time.process_time() - started
     print(
-        f"{args.n} sends: {cpu / args.n * 1000:.2f} ms CPU each, "
+        f"{args.n} sends in batches of {args.batch}: {cpu / args.n * 1000:.2f} ms CPU each, "
         f"{len(statements) / args.n:.1f} statements each"
     )
 

@@ -15,11 +15,13 @@ from uuid import UUID
 from channels.db import database_sync_to_async
 from django.conf import settings
 from django.db import transaction
-from django.db.models import QuerySet, Sum
+from django.db.models import Count, QuerySet, Sum
 from django.utils import timezone
 
 from chat import llm
+from chat.batching import Batcher
 from chat.models import Conversation, Message, UsageRecord
+from chat.row_updates import update_rows
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -100,36 +102,95 @@ def owned(user_id: int) -> QuerySet[Conversation]:
 # --- Starting a reply -------------------------------------------------------------------
 
 
-@db_step
-def post_user_message(
+@dataclass(frozen=True)
+class Send:
+    """A user's message for a conversation, as a `send` frame brought it."""
+
+    user_id: int
+    conversation_id: UUID
+    content: str
+    client_msg_id: UUID | None = None
+
+
+async def post_user_message(
     user_id: int, conversation_id: UUID, content: str, client_msg_id: UUID | None
 ) -> ReplyPlan | Message:
-    """Store the user's message and an empty reply; the existing message on a retried send."""
-    with transaction.atomic():
-        conversation = _lock_conversation(user_id, conversation_id)
-        # The whole history, read once: the prompt, the retry check and orphans need it.
-        history = list(conversation.messages.order_by("created_at"))
-        if client_msg_id is not None:
-            for message in history:
-                if message.client_msg_id == client_msg_id:
-                    return message
-        _check_limits(user_id)
-        if _streaming(history):
-            _settle_orphans(conversation, holding_reservation=True)
-        now = timezone.now()
+    """Store the user's message and an empty reply; the existing message on a retried send.
+
+    Sends that arrive together are stored together (`chat.batching`)."""
+    return await _sends.submit(Send(user_id, conversation_id, content, client_msg_id))
+
+
+@db_step
+def post_user_messages(sends: list[Send]) -> list[ReplyPlan | Message | Exception]:
+    """`post_user_message` for many sends, in one transaction: a result per send, in order.
+
+    A send that may not be served gets its `Refused` and costs the others nothing."""
+    return _together_or_each(sends, _post)
+
+
+_sends: Batcher[Send, ReplyPlan | Message] = Batcher(
+    post_user_messages, key=lambda send: send.conversation_id
+)
+
+
+def _post(sends: list[Send]) -> list[ReplyPlan | Message | Exception]:
+    ids = sorted({send.conversation_id for send in sends})
+    # Row locks, taken in one order, serialise each conversation's replies across processes.
+    locked = (
+        Conversation.objects.select_for_update(of=("self",))
+        .filter(pk__in=ids, owner__is_active=True)
+        .order_by("pk")
+    )
+    conversations = {conversation.pk: conversation for conversation in locked}
+    # Whole histories, read once: the prompts, the retry checks and orphans need them.
+    histories: dict[UUID, list[Message]] = {pk: [] for pk in conversations}
+    messages = Message.objects.filter(conversation__in=list(conversations))
+    for message in messages.order_by("created_at"):
+        histories[message.conversation_id].append(message)
+    limits = _Limits({send.user_id for send in sends})
+    now = timezone.now()
+    results: list[ReplyPlan | Message | Exception] = []
+    starts: list[tuple[int, ReplyStart]] = []  # (index in results, what to store)
+    for send in sends:
+        conversation = conversations.get(send.conversation_id)
+        if conversation is None or conversation.owner_id != send.user_id:
+            results.append(NOT_FOUND)
+            continue
+        history = histories[conversation.pk]
+        if retried := _sent_before(history, send.client_msg_id):
+            results.append(retried)
+            continue
+        try:
+            limits.take(send.user_id)
+            if _streaming(history):
+                _settle_orphans(conversation, holding_reservation=True)
+        except Refused as refused:
+            results.append(refused)
+            continue
         user_message = Message(
             conversation=conversation,
             role=Message.Role.USER,
-            content=content,
-            client_msg_id=client_msg_id,
+            content=send.content,
+            client_msg_id=send.client_msg_id,
             created_at=now,
             updated_at=now,
         )
         if not conversation.title:
-            conversation.title = content.strip().splitlines()[0][:80]
-        plan = _plan_reply(conversation, history, [user_message], now)
-        plan.user_message = user_message
-        return plan
+            conversation.title = send.content.strip().splitlines()[0][:80]
+        starts.append((len(results), ReplyStart(conversation, history, [user_message])))
+        results.append(NOT_FOUND)  # replaced by the plan below
+    plans = _store_replies([start for _, start in starts], now)
+    for (index, start), plan in zip(starts, plans, strict=True):
+        plan.user_message = start.new[0]
+        results[index] = plan
+    return results
+
+
+def _sent_before(history: list[Message], client_msg_id: UUID | None) -> Message | None:
+    if client_msg_id is None:
+        return None
+    return next((m for m in history if m.client_msg_id == client_msg_id), None)
 
 
 @db_step
@@ -142,10 +203,10 @@ def regenerate(user_id: int, conversation_id: UUID) -> ReplyPlan:
             _settle_orphans(conversation, holding_reservation=True)
         if not history or history[-1].role != Message.Role.ASSISTANT:
             raise Refused("bad_request", "There is no reply to regenerate.")
-        _check_limits(user_id)
+        _Limits({user_id}).take(user_id)
         last = history.pop()
         Message.objects.filter(pk=last.pk).delete()
-        plan = _plan_reply(conversation, history, [], timezone.now())
+        [plan] = _store_replies([ReplyStart(conversation, history, [])], timezone.now())
         plan.removed = [last.pk]
         return plan
 
@@ -163,7 +224,7 @@ def edit(user_id: int, conversation_id: UUID, message_id: UUID, content: str) ->
         )
         if position is None:
             raise Refused("not_found", "No such message of yours in this conversation.")
-        _check_limits(user_id)
+        _Limits({user_id}).take(user_id)
         message, later = history[position], history[position + 1 :]
         removed = [m.pk for m in later]
         Message.objects.filter(pk__in=removed).delete()
@@ -171,7 +232,7 @@ def edit(user_id: int, conversation_id: UUID, message_id: UUID, content: str) ->
         message.content = content
         message.updated_at = now
         message.save(update_fields=["content", "updated_at"])
-        plan = _plan_reply(conversation, history[: position + 1], [], now)
+        [plan] = _store_replies([ReplyStart(conversation, history[: position + 1], [])], now)
         plan.user_message = message
         plan.removed = removed
         return plan
@@ -187,28 +248,48 @@ def _lock_conversation(user_id: int, conversation_id: UUID) -> Conversation:
     return conversation
 
 
-def _plan_reply(
-    conversation: Conversation, history: list[Message], new: list[Message], now: datetime
-) -> ReplyPlan:
-    """Store `new` messages and an empty streaming reply after them; build the prompt."""
-    assistant = Message(
-        conversation=conversation,
-        role=Message.Role.ASSISTANT,
-        status=Message.Status.STREAMING,
-        model=conversation.model,
-        # After the user's message even when both are stored in the same microsecond.
-        created_at=now + timedelta(microseconds=1),
-        updated_at=now,
-    )
-    Message.objects.bulk_create([*new, assistant])
-    UsageRecord.objects.create(
-        owner_id=conversation.owner_id, message_id=assistant.pk, created_at=now
-    )
-    conversation.updated_at = now
-    conversation.save(update_fields=["title", "updated_at"])
-    turns = [(m.role, m.content) for m in [*history, *new] if m.content]
-    prompt = llm.build_prompt(conversation.system_prompt, turns, settings.CHAT_CONTEXT_TOKENS)
-    return ReplyPlan(conversation, assistant, prompt)
+@dataclass
+class ReplyStart:
+    """A reply about to start: its conversation, the history it answers, and the messages
+    to store before it (the user's new one, if any)."""
+
+    conversation: Conversation
+    history: list[Message]
+    new: list[Message]
+
+
+def _store_replies(starts: list[ReplyStart], now: datetime) -> list[ReplyPlan]:
+    """Store each start's new messages and an empty streaming reply after them, with one
+    INSERT per table for all of them; build each prompt."""
+    plans, messages, records = [], [], []
+    for start in starts:
+        conversation = start.conversation
+        assistant = Message(
+            conversation=conversation,
+            role=Message.Role.ASSISTANT,
+            status=Message.Status.STREAMING,
+            model=conversation.model,
+            # After the user's message even when both are stored in the same microsecond.
+            created_at=now + timedelta(microseconds=1),
+            updated_at=now,
+        )
+        messages += [*start.new, assistant]
+        records.append(
+            UsageRecord(owner_id=conversation.owner_id, message_id=assistant.pk, created_at=now)
+        )
+        conversation.updated_at = now
+        turns = [(m.role, m.content) for m in [*start.history, *start.new] if m.content]
+        prompt = llm.build_prompt(conversation.system_prompt, turns, settings.CHAT_CONTEXT_TOKENS)
+        plans.append(ReplyPlan(conversation, assistant, prompt))
+    if plans:
+        Message.objects.bulk_create(messages)
+        UsageRecord.objects.bulk_create(records)
+        update_rows(
+            Conversation,
+            ["title", "updated_at"],
+            [(p.conversation.title, now, p.conversation.pk) for p in plans],
+        )
+    return plans
 
 
 def _streaming(messages: list[Message]) -> bool:
@@ -236,20 +317,31 @@ def _settle_orphans(conversation: Conversation, *, holding_reservation: bool) ->
     )
 
 
-def _check_limits(user_id: int) -> None:
-    """Replies started per minute and tokens per day, whatever started them."""
-    now = timezone.now()
-    records = UsageRecord.objects.filter(owner_id=user_id)
-    if records.filter(created_at__gte=now - timedelta(minutes=1)).count() >= (
-        settings.CHAT_MESSAGES_PER_MINUTE
-    ):
-        raise Refused("rate_limited", "You are sending messages too fast; wait a minute.")
-    if settings.CHAT_TOKENS_PER_DAY:
-        midnight = now.replace(hour=0, minute=0, second=0, microsecond=0)
-        today = records.filter(created_at__gte=midnight)
-        used = today.aggregate(used=Sum("total_tokens"))["used"]
-        if (used or 0) >= settings.CHAT_TOKENS_PER_DAY:
+class _Limits:
+    """Replies started per minute and tokens per day, whatever started them, for a set of
+    users: one query per limit, however many users."""
+
+    def __init__(self, user_ids: set[int]) -> None:
+        now = timezone.now()
+        records = UsageRecord.objects.filter(owner_id__in=user_ids).values_list("owner_id")
+        recent = records.filter(created_at__gte=now - timedelta(minutes=1))
+        self.started: dict[int, int] = dict(recent.annotate(Count("id")))
+        self.used: dict[int, int] = {}
+        if settings.CHAT_TOKENS_PER_DAY:
+            midnight = now.replace(hour=0, minute=0, second=0, microsecond=0)
+            today = records.filter(created_at__gte=midnight)
+            self.used = dict(today.annotate(Sum("total_tokens")))
+
+    def take(self, user_id: int) -> None:
+        """Count one more reply for the user, or refuse it."""
+        started = self.started.get(user_id, 0)
+        if started >= settings.CHAT_MESSAGES_PER_MINUTE:
+            raise Refused("rate_limited", "You are sending messages too fast; wait a minute.")
+        if settings.CHAT_TOKENS_PER_DAY and (
+            (self.used.get(user_id) or 0) >= settings.CHAT_TOKENS_PER_DAY
+        ):
             raise Refused("quota_exceeded", "You have used today's tokens; come back tomorrow.")
+        self.started[user_id] = started + 1
 
 
 # --- While and after a reply streams -------------------------------------------------------
@@ -262,29 +354,89 @@ def checkpoint(contents: dict[UUID, str], alive: list[UUID]) -> None:
     running, so other processes do not take them for orphans. A reply that ended
     meanwhile is not `streaming` any more, and keeps its final text."""
     now = timezone.now()
-    streaming = Message.objects.filter(status=Message.Status.STREAMING)
+    streaming = Message.Status.STREAMING
     with transaction.atomic():
-        for message_id, content in contents.items():
-            streaming.filter(pk=message_id).update(content=content, updated_at=now)
+        rows = [(content, now, message_id) for message_id, content in contents.items()]
+        update_rows(Message, ["content", "updated_at"], rows, only_if={"status": streaming})
         if alive:
-            streaming.filter(pk__in=alive).update(updated_at=now)
+            Message.objects.filter(pk__in=alive, status=streaming).update(updated_at=now)
+
+
+@dataclass(frozen=True)
+class Final:
+    """How a reply ended: its whole text, status, usage and error."""
+
+    message_id: UUID
+    content: str
+    status: str
+    usage: llm.Usage
+    error: llm.LLMError | None = None
+
+
+async def finish(final: Final) -> None:
+    """Write the reply whole, with the status that says how it ended, and count its tokens.
+
+    Replies that end together (a crowd that started together) are written together."""
+    await _finals.submit(final)
 
 
 @db_step
-def finish(
-    message_id: UUID, content: str, status: str, usage: llm.Usage, error: llm.LLMError | None
-) -> None:
-    """Write the reply whole, with the status that says how it ended, and count its tokens."""
-    with transaction.atomic():
-        UsageRecord.objects.filter(message_id=message_id).update(total_tokens=usage.total_tokens)
-        Message.objects.filter(pk=message_id).update(
-            content=content,
-            status=status,
-            prompt_tokens=usage.prompt_tokens,
-            completion_tokens=usage.completion_tokens,
-            total_tokens=usage.total_tokens,
-            usage_estimated=usage.estimated,
-            error_code=error.code if error else "",
-            error_detail=error.detail if error else "",
-            updated_at=timezone.now(),
+def finish_all(finals: list[Final]) -> list[None | Exception]:
+    """`finish` for many replies, in one transaction."""
+    return _together_or_each(finals, _write_finals)
+
+
+def _write_finals(finals: list[Final]) -> list[None | Exception]:
+    now = timezone.now()
+    counts = [(final.usage.total_tokens, final.message_id) for final in finals]
+    update_rows(UsageRecord, ["total_tokens"], counts, by="message_id")
+    fields = ["content", "status", "prompt_tokens", "completion_tokens", "total_tokens"]
+    fields += ["usage_estimated", "error_code", "error_detail", "updated_at"]
+    rows = [
+        (
+            final.content,
+            final.status,
+            final.usage.prompt_tokens,
+            final.usage.completion_tokens,
+            final.usage.total_tokens,
+            final.usage.estimated,
+            final.error.code if final.error else "",
+            final.error.detail if final.error else "",
+            now,
+            final.message_id,
         )
+        for final in finals
+    ]
+    update_rows(Message, fields, rows)
+    return [None] * len(finals)
+
+
+_finals: Batcher[Final, None] = Batcher(finish_all, key=lambda final: final.message_id)
+
+
+# --- Batches ------------------------------------------------------------------------------
+
+Item = TypeVar("Item")
+
+
+def _together_or_each(
+    items: list[Item], write: Callable[[list[Item]], list[R]]
+) -> list[R | Exception]:
+    """`write` all items in one transaction; if that fails, each in a transaction of its
+    own, so that one bad item (a broken row, a constraint) costs the others nothing."""
+    try:
+        with transaction.atomic():
+            return list(write(items))
+    except Exception:
+        if len(items) == 1:
+            raise
+    results: list[R | Exception] = []
+    for item in items:
+        try:
+            with transaction.atomic():
+                written = write([item])
+        except Exception as exc:  # raised by the write or by its commit
+            results.append(exc)
+        else:
+            results += written
+    return results

@@ -162,7 +162,8 @@ class Reply:
             assert self.message_id is not None
             content = self.content
             try:
-                await persistence.finish(self.message_id, content, status, usage, error)
+                final = persistence.Final(self.message_id, content, status, usage, error)
+                await persistence.finish(final)
             except Exception:
                 # The tabs still learn how it ended; the row keeps its last checkpoint and
                 # is settled as `interrupted` when the conversation is next opened.

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -38,22 +40,28 @@ async def test_fifty_chats_at_once_take_about_as_long_as_one(llm, user, login_co
         one_chat = time.monotonic() - started
 
         started = time.monotonic()
-        done = await asyncio.gather(
-            *(chat_once(s, f"chat {i}") for i, s in enumerate(sockets[1:]))
-        )
+        async with recording_queries() as queries:
+            done = await asyncio.gather(
+                *(chat_once(s, f"chat {i}") for i, s in enumerate(sockets[1:]))
+            )
         fifty_chats = time.monotonic() - started
     finally:
         await asyncio.gather(*(socket.close() for socket in sockets))
 
+    inserts = [q for q in queries if q.startswith('INSERT INTO "chat_message"')]
     print(f"one chat {one_chat:.2f} s, fifty at once {fifty_chats:.2f} s")
+    print(f"{len(queries)} statements for 50 replies, {len(inserts)} of them inserting messages")
     assert alone["content"] == expected_text(20)
     assert [d["status"] for d in done] == ["complete"] * 50
     assert all(d["content"] == expected_text(20) for d in done)
     assert fifty_chats < 10 * max(one_chat, 1.0)
+    # Sends that arrive together are stored together (`chat.batching`), not one by one.
+    assert 1 <= len(inserts) <= 12
 
 
-async def count_queries_of_one_reply(socket: ChatSocket) -> tuple[list[str], float]:
-    """Every SQL statement of one reply, recorded on the ORM thread where they all run."""
+@contextlib.asynccontextmanager
+async def recording_queries() -> AsyncIterator[list[str]]:
+    """Every SQL statement run meanwhile, recorded on the ORM thread where they all run."""
     queries: list[str] = []
 
     def record(execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
@@ -63,11 +71,17 @@ async def count_queries_of_one_reply(socket: ChatSocket) -> tuple[list[str], flo
     # `connection` is per thread: reach it from the ORM thread itself.
     await sync_to_async(lambda: connection.execute_wrappers.append(record))()
     try:
+        yield queries
+    finally:
+        await sync_to_async(lambda: connection.execute_wrappers.remove(record))()
+
+
+async def count_queries_of_one_reply(socket: ChatSocket) -> tuple[list[str], float]:
+    """Every SQL statement of one reply."""
+    async with recording_queries() as queries:
         started = time.monotonic()
         done = await chat_once(socket, "Write at length")
         elapsed = time.monotonic() - started
-    finally:
-        await sync_to_async(lambda: connection.execute_wrappers.remove(record))()
     assert done["status"] == "complete"
     return queries, elapsed
 
