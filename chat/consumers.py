@@ -4,13 +4,20 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable, Coroutine
 from contextlib import suppress
-from typing import Any
+from importlib import import_module
+from typing import Any, cast
 from uuid import UUID
 
 from channels.consumer import get_handler_name
+from channels.db import database_sync_to_async
+from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
+from django.contrib import auth
+from django.http import HttpRequest
+from django.http.cookie import parse_cookie
 
 from chat import crossprocess, persistence, replies, watchers
 from chat.serializers import conversation_json, message_json
@@ -26,7 +33,7 @@ class ConversationConsumer(AsyncJsonWebsocketConsumer):  # type: ignore[misc]
 
     # No channel per socket: frames reach sockets through `chat.watchers`, and a channel
     # would cost every open socket a waiting task and a queue (and the in-memory layer a
-    # scan of all of them on every message).
+    # scan of all of them on every message). `__call__` below relies on it.
     channel_layer_alias = None
 
     scope: dict[str, Any]
@@ -39,15 +46,15 @@ class ConversationConsumer(AsyncJsonWebsocketConsumer):  # type: ignore[misc]
 
     async def connect(self) -> None:
         """Accept only the owner; send `state`, then every frame after it."""
-        user = self.scope["user"]
+        user_id = await session_user_id(self.scope)
         await self.accept()
-        if not user.is_authenticated:
+        if user_id is None:
             await self.close(code=CLOSE_UNAUTHENTICATED)
             return
-        self.user_id = user.pk
+        self.user_id = user_id
         self.conversation_id = self.scope["url_route"]["kwargs"]["conversation_id"]
-        # Every frame checks ownership by id; the session and user objects would only
-        # weigh on each of thousands of idle sockets.
+        # Every frame checks ownership by id; the headers would only weigh on each of
+        # thousands of idle sockets.
         self.scope = {"type": self.scope["type"], "path": self.scope["path"]}
         # Watch before reading, holding frames: nothing sent meanwhile is missed.
         self._held = []
@@ -67,10 +74,19 @@ class ConversationConsumer(AsyncJsonWebsocketConsumer):  # type: ignore[misc]
         self.stop_watching()
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        """As channels' `AsyncConsumer.__call__` without a channel layer: the socket's
+        messages are awaited in this task, not in a task and an `asyncio.wait` of their
+        own, which every idle socket would hold."""
+        self.scope = scope
+        self.channel_layer = None
+        self.base_send = send
         # Channels calls `disconnect` only for a clean close; a consumer that crashed or was
         # cancelled (daphne does that 10 s after the client left) must stop watching too.
         try:
-            await super().__call__(scope, receive, send)
+            while True:
+                await self.dispatch(await receive())
+        except StopConsumer:
+            pass
         finally:
             self.stop_watching()
 
@@ -201,6 +217,33 @@ class ConversationConsumer(AsyncJsonWebsocketConsumer):  # type: ignore[misc]
 
     async def send_error(self, code: str, detail: str) -> None:
         await self.send_json({"type": "error", "code": code, "detail": detail})
+
+
+async def session_user_id(scope: dict[str, Any]) -> int | None:
+    """The id of the user logged in with the socket's session cookie, or None.
+
+    What channels' `AuthMiddlewareStack` does, without keeping the cookies, the session
+    and the user in the scope of every open socket.
+    """
+    for name, value in scope["headers"]:
+        if name == b"cookie":
+            session_key = parse_cookie(value.decode("latin1")).get(settings.SESSION_COOKIE_NAME)
+            return await _session_user_id(session_key) if session_key else None
+    return None
+
+
+def _user_id_of(session_key: str) -> int | None:
+    # Django's own checks: the session's user exists, is active, and has not changed
+    # their password since (a request object is all `get_user` needs to carry the session).
+    request = HttpRequest()
+    request.session = import_module(settings.SESSION_ENGINE).SessionStore(session_key)
+    user = auth.get_user(request)
+    return user.pk if user.is_authenticated else None
+
+
+_session_user_id = cast(
+    "Callable[[str], Coroutine[Any, Any, int | None]]", database_sync_to_async(_user_id_of)
+)
 
 
 def _text(frame: dict[str, Any], key: str) -> str:

@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import os
 
-from django.core.asgi import get_asgi_application
+import django
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "chatsite.settings")
 
-# Set up Django before importing anything that touches models.
-django_application = get_asgi_application()
+# Set up Django before importing anything that touches models (what get_asgi_application
+# does; the handler is ours, below).
+django.setup(set_prefix=False)
 
-from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
 
+from chat.middleware import SharedOrmThreadASGIHandler  # noqa: E402
 from chat.routing import websocket_urlpatterns  # noqa: E402
 from chat.shutdown import save_replies_on_daphne_shutdown  # noqa: E402
 
@@ -23,10 +24,9 @@ application = ProtocolTypeRouter(
     {
         # daphne serves the static files itself, in development and production alike, so that
         # `make run` and a bare `daphne chatsite.asgi:application` need nothing in front.
-        "http": ASGIStaticFilesHandler(django_application),
-        "websocket": AllowedHostsOriginValidator(
-            AuthMiddlewareStack(URLRouter(websocket_urlpatterns))
-        ),
+        "http": ASGIStaticFilesHandler(SharedOrmThreadASGIHandler()),
+        # The consumer reads the session cookie itself (chat.consumers.session_user_id).
+        "websocket": AllowedHostsOriginValidator(URLRouter(websocket_urlpatterns)),
     }
 )
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
@@ -58,14 +59,14 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
-    "django.middleware.security.SecurityMiddleware",
+    "chat.middleware.SecurityMiddleware",
     "chat.middleware.ContentSecurityPolicyMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
-    "django.middleware.common.CommonMiddleware",
-    "django.middleware.csrf.CsrfViewMiddleware",
-    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "chat.middleware.CommonMiddleware",
+    "chat.middleware.CsrfViewMiddleware",
+    "chat.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
-    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "chat.middleware.XFrameOptionsMiddleware",
 ]
 
 ROOT_URLCONF = "chatsite.urls"
@@ -106,8 +107,8 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
 elif DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
     # Under ASGI persistent connections are off; psycopg's pool keeps them instead.
     DATABASES["default"]["CONN_MAX_AGE"] = 0
-    # Each HTTP request runs its ORM calls on a thread of its own, each holding a pooled
-    # connection while it runs; websockets share one ORM thread.
+    # Websockets and async views share one ORM thread; sync views (login, admin) run on a
+    # thread of their own per request, each holding a pooled connection while it runs.
     DATABASES["default"]["OPTIONS"] = {
         "pool": {"min_size": 1, "max_size": env_int("CHAT_DB_POOL_SIZE", 10), "timeout": 10}
     }
@@ -139,6 +140,26 @@ LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "chat:index"
 LOGOUT_REDIRECT_URL = "login"
 
+# Sessions are read on every request and websocket connect: from the cache, written through
+# to the database. Several processes (REDIS_URL) share Redis as the cache, so that a logout
+# in one is a logout in all; one process keeps them in its own memory.
+SESSION_ENGINE = "django.contrib.sessions.backends.cached_db"
+CACHES: dict[str, dict[str, Any]]
+if REDIS_URL:
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": REDIS_URL,
+        }
+    }
+else:
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.locmem.LocMemCache",
+            # A session each for this many users; the least recently used go back to the database.
+            "OPTIONS": {"MAX_ENTRIES": 10_000},
+        }
+    }
 SESSION_COOKIE_HTTPONLY = True
 SESSION_COOKIE_SECURE = not DEBUG and env_bool("DJANGO_SECURE_COOKIES", True)
 CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE

@@ -46,6 +46,7 @@ def test_one_batch_answers_each_send(
     assert plan.prompt[-1] == {"role": "user", "content": "hello\nsecond line"}
     assert other_plan.prompt[-1]["content"] == "theirs"
     assert isinstance(refused, persistence.Refused) and refused.code == "not_found"
+    assert first.user_message is not None
     assert isinstance(retried, Message) and retried.pk == first.user_message.pk
     mine.refresh_from_db()
     assert mine.title == "hello"

@@ -1,0 +1,111 @@
+"""Sessions come from a cache, requests to async views skip Django's per-request thread, and
+middleware steps run on the event loop: logging out, deactivating an account and changing a
+password must still end access at once, and every security check and header must stay."""
+
+from __future__ import annotations
+
+import pytest
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.test import AsyncClient
+
+from chat.middleware import routes_to_async_view
+from tests.chat_socket import ChatSocket
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+MODELS_URL = "/api/models/"
+
+
+@pytest.fixture
+async def conversation(user, make_conversation):
+    return await sync_to_async(make_conversation)(user)
+
+
+async def logged_in_client(user) -> AsyncClient:
+    client = AsyncClient()
+    await client.aforce_login(user)
+    return client
+
+
+def session_cookie(client: AsyncClient) -> str:
+    name = settings.SESSION_COOKIE_NAME
+    return f"{name}={client.cookies[name].value}"
+
+
+async def socket_close_code(conversation, cookie: str) -> int | None:
+    socket = ChatSocket(conversation.id, cookie=cookie)
+    await socket.connect()
+    await socket.close()
+    return None if socket.connected else socket.close_code
+
+
+async def test_socket_after_logout_is_refused_4401(llm, user, conversation):
+    client = await logged_in_client(user)
+    cookie = session_cookie(client)
+    assert await socket_close_code(conversation, cookie) is None  # the session is now cached
+    await client.alogout()
+    assert await socket_close_code(conversation, cookie) == 4401
+
+
+async def test_socket_of_deactivated_user_is_refused_4401(llm, user, conversation):
+    cookie = session_cookie(await logged_in_client(user))
+    assert await socket_close_code(conversation, cookie) is None
+    user.is_active = False
+    await user.asave(update_fields=["is_active"])
+    assert await socket_close_code(conversation, cookie) == 4401
+
+
+async def test_socket_after_password_change_is_refused_4401(llm, user, conversation):
+    cookie = session_cookie(await logged_in_client(user))
+    assert await socket_close_code(conversation, cookie) is None
+    await sync_to_async(user.set_password)("a new password, elsewhere")
+    await user.asave(update_fields=["password"])
+    assert await socket_close_code(conversation, cookie) == 4401
+
+
+async def test_api_after_logout_is_401(user):
+    client = await logged_in_client(user)
+    cookie = session_cookie(client)
+    assert (await client.get(MODELS_URL)).status_code == 200
+    await client.alogout()
+    stale = AsyncClient(headers={"cookie": cookie})
+    assert (await stale.get(MODELS_URL)).status_code == 401
+
+
+async def test_api_of_deactivated_user_is_401(user):
+    client = await logged_in_client(user)
+    assert (await client.get(MODELS_URL)).status_code == 200
+    user.is_active = False
+    await user.asave(update_fields=["is_active"])
+    assert (await client.get(MODELS_URL)).status_code == 401
+
+
+async def test_async_api_without_csrf_token_is_403(user):
+    client = AsyncClient(enforce_csrf_checks=True)
+    await client.aforce_login(user)
+    response = await client.post("/api/conversations/", "{}", content_type="application/json")
+    assert response.status_code == 403
+
+
+async def test_async_api_keeps_security_headers(user):
+    response = await (await logged_in_client(user)).get(MODELS_URL)
+    assert response["X-Frame-Options"] == "DENY"
+    assert response["X-Content-Type-Options"] == "nosniff"
+    assert response["Referrer-Policy"] == "same-origin"
+    assert "frame-ancestors 'none'" in response["Content-Security-Policy"]
+    assert "Cookie" in response["Vary"]
+
+
+@pytest.mark.parametrize(
+    ("path", "shares_orm_thread"),
+    [
+        ("/api/conversations/", True),
+        ("/", True),
+        ("/accounts/login/", False),  # hashes passwords: a thread of its own
+        ("/admin/", False),
+        ("/no/such/page/", False),
+    ],
+)
+def test_only_async_views_share_the_orm_thread(path, shares_orm_thread):
+    assert routes_to_async_view({"type": "http", "path": path}) is shares_orm_thread
