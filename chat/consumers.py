@@ -4,19 +4,14 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Coroutine
 from contextlib import suppress
-from importlib import import_module
-from typing import Any, cast
+from typing import Any
 from uuid import UUID
 
 from channels.consumer import get_handler_name
-from channels.db import database_sync_to_async
 from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
-from django.contrib import auth
-from django.http import HttpRequest
 from django.http.cookie import parse_cookie
 
 from chat import crossprocess, persistence, replies, watchers
@@ -46,12 +41,11 @@ class ConversationConsumer(AsyncJsonWebsocketConsumer):  # type: ignore[misc]
 
     async def connect(self) -> None:
         """Accept only the owner; send `state`, then every frame after it."""
-        user_id = await session_user_id(self.scope)
         await self.accept()
-        if user_id is None:
+        session_key = session_cookie(self.scope)
+        if session_key is None:
             await self.close(code=CLOSE_UNAUTHENTICATED)
             return
-        self.user_id = user_id
         self.conversation_id = self.scope["url_route"]["kwargs"]["conversation_id"]
         # Every frame checks ownership by id; the headers would only weigh on each of
         # thousands of idle sockets.
@@ -60,13 +54,14 @@ class ConversationConsumer(AsyncJsonWebsocketConsumer):  # type: ignore[misc]
         self._held = []
         watchers.watch(self.conversation_id, self)
         reply = replies.running(self.conversation_id)
-        state = await persistence.load_state(
-            self.user_id, self.conversation_id, reply_running=reply is not None
+        user_id, state = await persistence.open_conversation(
+            session_key, self.conversation_id, reply_running=reply is not None
         )
-        if state is None:
+        if user_id is None or state is None:
             watchers.unwatch(self.conversation_id, self)
-            await self.close(code=CLOSE_NOT_FOUND)
+            await self.close(code=CLOSE_UNAUTHENTICATED if user_id is None else CLOSE_NOT_FOUND)
             return
+        self.user_id = user_id
         await self.send_state(state)
 
     async def disconnect(self, code: int) -> None:
@@ -219,31 +214,14 @@ class ConversationConsumer(AsyncJsonWebsocketConsumer):  # type: ignore[misc]
         await self.send_json({"type": "error", "code": code, "detail": detail})
 
 
-async def session_user_id(scope: dict[str, Any]) -> int | None:
-    """The id of the user logged in with the socket's session cookie, or None.
-
-    What channels' `AuthMiddlewareStack` does, without keeping the cookies, the session
-    and the user in the scope of every open socket.
-    """
+def session_cookie(scope: dict[str, Any]) -> str | None:
+    """The socket's session key, read from its cookie header as Django would: what channels'
+    `AuthMiddlewareStack` does, without keeping the cookies, the session and the user in
+    the scope of every open socket."""
     for name, value in scope["headers"]:
         if name == b"cookie":
-            session_key = parse_cookie(value.decode("latin1")).get(settings.SESSION_COOKIE_NAME)
-            return await _session_user_id(session_key) if session_key else None
+            return parse_cookie(value.decode("latin1")).get(settings.SESSION_COOKIE_NAME)
     return None
-
-
-def _user_id_of(session_key: str) -> int | None:
-    # Django's own checks: the session's user exists, is active, and has not changed
-    # their password since (a request object is all `get_user` needs to carry the session).
-    request = HttpRequest()
-    request.session = import_module(settings.SESSION_ENGINE).SessionStore(session_key)
-    user = auth.get_user(request)
-    return user.pk if user.is_authenticated else None
-
-
-_session_user_id = cast(
-    "Callable[[str], Coroutine[Any, Any, int | None]]", database_sync_to_async(_user_id_of)
-)
 
 
 def _text(frame: dict[str, Any], key: str) -> str:

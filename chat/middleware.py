@@ -10,9 +10,11 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, cast
 
-from asgiref.sync import iscoroutinefunction, markcoroutinefunction
+from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
 from django.conf import settings
 from django.contrib.auth import middleware as auth
+from django.contrib.messages import middleware as messages
+from django.contrib.sessions import middleware as sessions
 from django.core.handlers.asgi import ASGIHandler
 from django.http import HttpRequest, HttpResponseBase
 from django.middleware import clickjacking, common, csrf, security
@@ -87,25 +89,40 @@ def routes_to_async_view(scope: Scope) -> bool:
     return iscoroutinefunction(match.func)
 
 
+Step = Callable[..., Any]
+
+
 # --- Middleware steps run on the event loop -------------------------------------------------
 
 
 class NonBlockingStepsMixin(MiddlewareMixin):
     """Runs `process_request` and `process_response` on the event loop, not each in a
-    thread hop as `MiddlewareMixin` does in async mode: only for middleware whose steps
-    read the request and set headers or cookies, with no database, cache or file access."""
+    thread hop as `MiddlewareMixin` does in async mode: only for steps that read the
+    request and set headers or cookies, with no database, cache or file access. A step
+    that may touch them this time says so, and hops as Django's does."""
 
     async def __acall__(self, request: HttpRequest) -> HttpResponseBase:
-        if self.steps_may_block():
-            response: HttpResponseBase = await super().__acall__(request)
-            return response
-        process_request = getattr(self, "process_request", None)
-        process_response = getattr(self, "process_response", None)
-        early = process_request(request) if process_request else None
-        response = early or await self.get_response(request)  # type: ignore[misc]
-        return process_response(request, response) if process_response else response
+        process_request: Step | None = getattr(self, "process_request", None)
+        process_response: Step | None = getattr(self, "process_response", None)
+        response = None
+        if process_request is not None:
+            if self.request_step_may_block(request):
+                response = await sync_to_async(process_request, thread_sensitive=True)(request)
+            else:
+                response = process_request(request)
+        response = response or await self.get_response(request)  # type: ignore[misc]
+        if process_response is not None:
+            if self.response_step_may_block(request):
+                step = sync_to_async(process_response, thread_sensitive=True)
+                response = await step(request, response)
+            else:
+                response = process_response(request, response)
+        return cast("HttpResponseBase", response)
 
-    def steps_may_block(self) -> bool:
+    def request_step_may_block(self, request: HttpRequest) -> bool:
+        return False
+
+    def response_step_may_block(self, request: HttpRequest) -> bool:
         return False
 
 
@@ -129,5 +146,28 @@ class CsrfViewMiddleware(NonBlockingStepsMixin, csrf.CsrfViewMiddleware):
     """Django's; its cookie steps on the event loop (with `CSRF_USE_SESSIONS` they would
     read and write the session, so then they keep their thread hops)."""
 
-    def steps_may_block(self) -> bool:
+    def request_step_may_block(self, request: HttpRequest) -> bool:
         return bool(settings.CSRF_USE_SESSIONS)
+
+    def response_step_may_block(self, request: HttpRequest) -> bool:
+        return bool(settings.CSRF_USE_SESSIONS)
+
+
+class SessionMiddleware(NonBlockingStepsMixin, sessions.SessionMiddleware):
+    """Django's. Its request step only makes a lazy session store; its response step
+    writes only a session that changed (or every session, with
+    `SESSION_SAVE_EVERY_REQUEST`), and only then takes a thread hop."""
+
+    def response_step_may_block(self, request: HttpRequest) -> bool:
+        session = getattr(request, "session", None)
+        return session is not None and (session.modified or settings.SESSION_SAVE_EVERY_REQUEST)
+
+
+class MessageMiddleware(NonBlockingStepsMixin, messages.MessageMiddleware):
+    """Django's. Its request step only makes a lazy store; its response step stores
+    messages (in a cookie, or in the session when they overflow it) only when some were
+    read or added, and only then takes a thread hop."""
+
+    def response_step_may_block(self, request: HttpRequest) -> bool:
+        storage = getattr(request, "_messages", None)
+        return storage is not None and (storage.used or storage.added_new)

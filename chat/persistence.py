@@ -9,13 +9,16 @@ from __future__ import annotations
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from importlib import import_module
 from typing import Any, ParamSpec, TypeVar, cast
 from uuid import UUID
 
 from channels.db import database_sync_to_async
 from django.conf import settings
+from django.contrib import auth
 from django.db import transaction
 from django.db.models import Count, QuerySet, Sum
+from django.http import HttpRequest
 from django.utils import timezone
 
 from chat import llm
@@ -67,17 +70,36 @@ class State:
 
 
 @db_step
-def load_state(user_id: int, conversation_id: UUID, *, reply_running: bool) -> State | None:
-    """The conversation and its recent messages, or None if it is not the user's."""
-    conversation = owned(user_id).filter(pk=conversation_id).first()
+def open_conversation(
+    session_key: str, conversation_id: UUID, *, reply_running: bool
+) -> tuple[int | None, State | None]:
+    """For a socket that opens: the user its session cookie logs in, and the state of the
+    conversation if it is theirs. One step for both: a connect costs one trip to the ORM
+    thread."""
+    user_id = user_of_session(session_key)
+    if user_id is None:
+        return None, None
+    # `user_of_session` has just checked that the user may log in: their conversation
+    # needs no join on the user table here.
+    conversation = Conversation.objects.filter(pk=conversation_id, owner_id=user_id).first()
     if conversation is None:
-        return None
+        return user_id, None
     recent = conversation.messages.order_by("-created_at")[: settings.CHAT_STATE_MESSAGES]
     messages = list(reversed(recent))
     if not reply_running and _streaming(messages):
         _settle_orphans(conversation, holding_reservation=False)
         messages = list(reversed(recent.all()))
-    return State(conversation, messages)
+    return user_id, State(conversation, messages)
+
+
+def user_of_session(session_key: str) -> int | None:
+    """The id of the user a session logs in, with Django's own checks: the user exists, is
+    active, and has not changed their password since (`auth.get_user`; a request object is
+    all it needs to carry the session)."""
+    request = HttpRequest()
+    request.session = import_module(settings.SESSION_ENGINE).SessionStore(session_key)
+    user = auth.get_user(request)
+    return user.pk if user.is_authenticated else None
 
 
 @db_step

@@ -61,11 +61,11 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "chat.middleware.SecurityMiddleware",
     "chat.middleware.ContentSecurityPolicyMiddleware",
-    "django.contrib.sessions.middleware.SessionMiddleware",
+    "chat.middleware.SessionMiddleware",
     "chat.middleware.CommonMiddleware",
     "chat.middleware.CsrfViewMiddleware",
     "chat.middleware.AuthenticationMiddleware",
-    "django.contrib.messages.middleware.MessageMiddleware",
+    "chat.middleware.MessageMiddleware",
     "chat.middleware.XFrameOptionsMiddleware",
 ]
 

@@ -7,10 +7,12 @@ from __future__ import annotations
 import pytest
 from asgiref.sync import sync_to_async
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.test import AsyncClient
 
 from chat.middleware import routes_to_async_view
 from tests.chat_socket import ChatSocket
+from tests.conftest import PASSWORD
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -109,3 +111,31 @@ async def test_async_api_keeps_security_headers(user):
 )
 def test_only_async_views_share_the_orm_thread(path, shares_orm_thread):
     assert routes_to_async_view({"type": "http", "path": path}) is shares_orm_thread
+
+
+async def test_logging_in_through_asgi_saves_the_session(user):
+    """The session middleware's response step still saves a session that changed."""
+    client = AsyncClient()
+    response = await client.post(
+        "/accounts/login/", {"username": user.username, "password": PASSWORD}
+    )
+    assert response.status_code == 302
+    assert (await client.get(MODELS_URL)).status_code == 200
+    await client.alogout()
+    assert (await client.get(MODELS_URL)).status_code == 401
+
+
+async def test_messages_added_through_asgi_are_stored_and_shown_once(user, make_conversation):
+    """The message middleware's response step still stores messages that were added."""
+    admin = await sync_to_async(get_user_model().objects.create_superuser)("root", "", PASSWORD)
+    conversation = await sync_to_async(make_conversation)(user, title="Soup")
+    client = AsyncClient()
+    await client.aforce_login(admin)
+    change = f"/admin/chat/conversation/{conversation.pk}/change/"
+    form = {"title": "Renamed", "model": conversation.model, "system_prompt": ""}
+    form |= {"messages-TOTAL_FORMS": "0", "messages-INITIAL_FORMS": "0"}
+    assert (await client.post(change, form)).status_code == 302
+    shown = (await client.get("/admin/chat/conversation/")).content.decode()
+    assert "was changed successfully" in shown
+    again = (await client.get("/admin/chat/conversation/")).content.decode()
+    assert "was changed successfully" not in again
