@@ -1,0 +1,130 @@
+"""Where the CPU of a chat's set-up goes, piece by piece, on a fresh SQLite database: each
+database step of creating a conversation and opening its socket, called directly N times,
+beside one thread hop and the same lookup in raw SQL (issue 4).
+
+    .venv/bin/python -m bench.setup_cost [--n 300]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from typing import Any
+
+
+def cpu_us(n: int, step: Callable[[int], Any]) -> float:
+    """CPU per call of `step(i)`, i in range(n), after a few calls to warm up."""
+    for i in range(min(n, 20)):
+        step(i)
+    started = time.process_time()
+    for i in range(n):
+        step(i)
+    return (time.process_time() - started) / n * 1e6
+
+
+def hop_us(n: int) -> float:
+    """CPU per round trip to the ORM thread (asgiref's `sync_to_async`), doing nothing."""
+    from asgiref.sync import sync_to_async
+
+    nothing = sync_to_async(lambda: None)
+
+    async def hops() -> float:
+        for _ in range(20):
+            await nothing()
+        started = time.process_time()
+        for _ in range(n):
+            await nothing()
+        return (time.process_time() - started) / n * 1e6
+
+    return asyncio.run(hops())
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--n", type=int, default=300)
+    args = parser.parse_args(argv)
+    folder = tempfile.mkdtemp(prefix="setup-cost-")
+    os.environ.update(
+        DATABASE_URL=f"sqlite:///{folder}/db.sqlite3",
+        DJANGO_SETTINGS_MODULE="chatsite.settings",
+        DJANGO_SECRET_KEY="bench-only",  # noqa: S106
+    )
+    import django
+
+    django.setup()
+    from django.contrib.auth import (
+        BACKEND_SESSION_KEY,
+        HASH_SESSION_KEY,
+        SESSION_KEY,
+        get_user_model,
+    )
+    from django.contrib.sessions.backends.db import SessionStore
+    from django.core.management import call_command
+    from django.db import connection
+
+    from chat import persistence
+    from chat.models import Conversation
+
+    call_command("migrate", verbosity=0)
+    user = get_user_model().objects.create_user("bench")
+    n = args.n
+    sessions = []
+    for _ in range(n + 20):
+        session = SessionStore()
+        session.update(
+            {
+                SESSION_KEY: str(user.pk),
+                BACKEND_SESSION_KEY: "django.contrib.auth.backends.ModelBackend",
+                HASH_SESSION_KEY: user.get_session_auth_hash(),
+            }
+        )
+        session.create()
+        sessions.append(session.session_key)
+    made: list[Conversation] = []
+    pk = Conversation._meta.pk
+    assert pk is not None
+
+    def raw_lookup(i: int) -> None:
+        with connection.cursor() as cursor:
+            value = pk.get_db_prep_value(made[i].pk, connection)
+            cursor.execute("SELECT * FROM chat_conversation WHERE id = %s", [value])
+            cursor.fetchall()
+
+    open_conversation = persistence.open_conversation.func  # type: ignore[attr-defined]
+    rows = [
+        ("a session, from the database", lambda i: SessionStore(sessions[i]).load()),
+        ("the user, by id", lambda i: get_user_model().objects.get(pk=user.pk)),
+        (
+            "a conversation, inserted",
+            lambda i: made.append(Conversation.objects.create(owner=user)),
+        ),
+        (
+            "a conversation, by id and owner",
+            lambda i: Conversation.objects.filter(pk=made[i].pk, owner_id=user.pk).first(),
+        ),
+        (
+            "... joined to its active owner",
+            lambda i: persistence.owned(user.pk).filter(pk=made[i].pk).first(),
+        ),
+        ("its latest messages", lambda i: list(made[i].messages.order_by("-created_at")[:50])),
+        ("the same lookup by id in raw SQL", raw_lookup),
+    ]
+    print(f"CPU per call, {n} calls each (us):")
+    for name, step in rows:
+        print(f"  {name:<40} {cpu_us(n, step):7.0f}")
+
+    def socket_opens(i: int) -> None:
+        user_id, state = open_conversation(sessions[i], made[i].pk, reply_running=False)
+        assert user_id == user.pk and state is not None
+
+    print(f"  {'a socket opens (open_conversation)':<40} {cpu_us(n, socket_opens):7.0f}")
+    print("  (its session read from the database, as with a cold session cache)")
+    print(f"  {'one round trip to the ORM thread':<40} {hop_us(n * 10):7.0f}")
+
+
+if __name__ == "__main__":
+    main()
