@@ -49,7 +49,12 @@ async def _tick() -> None:
     try:
         while running := replies.all_running():
             for reply in running:
-                await reply.tick()
+                try:
+                    await reply.tick()
+                except Exception:
+                    # One reply's failure must not stop the beat: paced replies read only
+                    # when the clock lets them.
+                    logger.exception("a tick of reply %s failed", reply.message_id)
             # The save runs beside the frames: the ORM thread may be busy for a while (a
             # crowd of sends), and frames must not wait for it. One save at a time.
             if loop.time() >= next_checkpoint and (saving is None or saving.done()):
