@@ -22,6 +22,7 @@ from django.contrib import auth
 from django.contrib.auth.models import AnonymousUser
 from django.db.models import Exists, OuterRef, Q, QuerySet
 from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.views import csrf
 
 from chat.models import Conversation, Message
 from chat.serializers import conversation_json, message_json
@@ -57,6 +58,15 @@ class ApiError(Exception):
 
 def error_response(status: int, code: str, detail: str) -> JsonResponse:
     return JsonResponse({"error": {"code": code, "detail": detail}}, status=status)
+
+
+def csrf_failure(request: HttpRequest, reason: str = "") -> HttpResponse:
+    """Django's CSRF refusal (`CSRF_FAILURE_VIEW`): for the API, in its JSON error shape;
+    for the pages, Django's own page."""
+    if request.path_info.startswith("/api/"):
+        detail = f"CSRF check failed: {reason} Send the csrftoken cookie's value as X-CSRFToken."
+        return error_response(403, "csrf_failed", detail)
+    return csrf.csrf_failure(request, reason)
 
 
 def bad_request(detail: str) -> ApiError:

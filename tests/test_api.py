@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 from django.test import Client
+from django.urls import reverse
 from django.utils import timezone
 
 from chat.models import Conversation, Message
@@ -93,8 +94,20 @@ def test_create_without_csrf_token_is_403(user):
 
     response = post_json(client, LIST_URL, {"title": "no token"})
 
-    assert response.status_code == 403
+    assert_error(response, 403, "csrf_failed")
+    assert "X-CSRFToken" in response.json()["error"]["detail"]
     assert not Conversation.objects.exists()
+
+
+@pytest.mark.django_db
+def test_pages_keep_djangos_csrf_page(user):
+    client = Client(enforce_csrf_checks=True)
+    client.force_login(user)
+
+    response = client.post(reverse("chat:new"))
+
+    assert response.status_code == 403
+    assert response["Content-Type"].startswith("text/html")
 
 
 @pytest.mark.django_db
