@@ -17,7 +17,8 @@ from channels.db import database_sync_to_async
 from django.conf import settings
 from django.contrib import auth
 from django.db import transaction
-from django.db.models import Count, QuerySet, Sum
+from django.db.models import Count, F, QuerySet, Sum, Window
+from django.db.models.functions import RowNumber
 from django.http import HttpRequest
 from django.utils import timezone
 
@@ -69,27 +70,81 @@ class State:
 # --- Reading ----------------------------------------------------------------------------
 
 
-@db_step
-def open_conversation(
+@dataclass(frozen=True)
+class Opening:
+    """A socket that opens: the session key of its cookie, the conversation it asks for,
+    and whether this process runs a reply there now."""
+
+    session_key: str
+    conversation_id: UUID
+    reply_running: bool
+
+
+Opened = tuple[int | None, State | None]
+
+
+async def open_conversation(
     session_key: str, conversation_id: UUID, *, reply_running: bool
-) -> tuple[int | None, State | None]:
-    """For a socket that opens: the user its session cookie logs in, and the state of the
-    conversation if it is theirs. One step for both: a connect costs one trip to the ORM
-    thread."""
-    user_id = user_of_session(session_key)
-    if user_id is None:
-        return None, None
-    # `user_of_session` has just checked that the user may log in: their conversation
-    # needs no join on the user table here.
-    conversation = Conversation.objects.filter(pk=conversation_id, owner_id=user_id).first()
-    if conversation is None:
-        return user_id, None
-    recent = conversation.messages.order_by("-created_at")[: settings.CHAT_STATE_MESSAGES]
-    messages = list(reversed(recent))
-    if not reply_running and _streaming(messages):
-        _settle_orphans(conversation, holding_reservation=False)
-        messages = list(reversed(recent.all()))
-    return user_id, State(conversation, messages)
+) -> Opened:
+    """For a socket that opens: the user its session logs in (None: refuse it), and the
+    state of the conversation if it is theirs (None: not found).
+
+    Sockets that open together (every tab reconnecting after a restart) open together
+    (`chat.batching`)."""
+    return await _openings.submit(Opening(session_key, conversation_id, reply_running))
+
+
+@db_step
+def open_conversations(openings: list[Opening]) -> list[Opened | Exception]:
+    """`open_conversation` for many sockets in one step: each session checked on its own,
+    the conversations and their latest messages read with one query each for all."""
+    users = [user_of_session(opening.session_key) for opening in openings]
+    ids = [o.conversation_id for o, user_id in zip(openings, users, strict=True) if user_id]
+    conversations = {c.pk: c for c in Conversation.objects.filter(pk__in=ids)}
+    latest = _latest_messages(list(conversations))
+    results: list[Opened | Exception] = []
+    for opening, user_id in zip(openings, users, strict=True):
+        conversation = conversations.get(opening.conversation_id)
+        if user_id is None:
+            results.append((None, None))
+        # `user_of_session` has just checked that the user may log in: the owner's id is
+        # all there is left to compare.
+        elif conversation is None or conversation.owner_id != user_id:
+            results.append((user_id, None))
+        else:
+            messages = latest.get(conversation.pk, [])
+            if not opening.reply_running and _streaming(messages):
+                _settle_orphans(conversation, holding_reservation=False)
+                messages = _latest_messages([conversation.pk]).get(conversation.pk, [])
+            results.append((user_id, State(conversation, messages)))
+    return results
+
+
+_openings: Batcher[Opening, Opened] = Batcher(
+    open_conversations, key=lambda opening: opening.conversation_id
+)
+
+
+def _latest_messages(conversation_ids: list[UUID]) -> dict[UUID, list[Message]]:
+    """The latest CHAT_STATE_MESSAGES messages of each conversation, oldest first."""
+    limit = settings.CHAT_STATE_MESSAGES
+    if len(conversation_ids) == 1:
+        # One conversation (one tab opening): a plain query, three times cheaper than
+        # the window below.
+        [conversation_id] = conversation_ids
+        recent = Message.objects.filter(conversation_id=conversation_id)
+        return {conversation_id: list(reversed(recent.order_by("-created_at")[:limit]))}
+    rank = Window(RowNumber(), partition_by=F("conversation_id"), order_by=F("created_at").desc())
+    latest = (
+        Message.objects.filter(conversation_id__in=conversation_ids)
+        .annotate(rank=rank)
+        .filter(rank__lte=limit)
+        .order_by("created_at")
+    )
+    by_conversation: dict[UUID, list[Message]] = {}
+    for message in latest:
+        by_conversation.setdefault(message.conversation_id, []).append(message)
+    return by_conversation
 
 
 def user_of_session(session_key: str) -> int | None:

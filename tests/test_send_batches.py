@@ -1,5 +1,5 @@
-"""Sends and final writes stored many at once: each item gets its own result, and one
-bad item costs the others nothing (`chat.persistence`, issue 4)."""
+"""Sends, final writes and socket openings handled many at once: each item gets its own
+result, and one bad item costs the others nothing (`chat.persistence`, issue 4)."""
 
 from __future__ import annotations
 
@@ -10,12 +10,14 @@ from typing import Any
 import pytest
 from django.contrib.auth.models import User
 from django.db import IntegrityError
+from django.test import Client
 
 from chat import llm, persistence
 from chat.models import Conversation, Message, UsageRecord
 
 post_all = persistence.post_user_messages.func  # type: ignore[attr-defined]
 finish_all = persistence.finish_all.func  # type: ignore[attr-defined]
+open_all = persistence.open_conversations.func  # type: ignore[attr-defined]
 
 
 def test_one_batch_answers_each_send(
@@ -128,3 +130,64 @@ def test_a_failing_item_fails_alone(
     assert isinstance(results[0], Message) and isinstance(results[2], Message)
     assert isinstance(results[1], IntegrityError)
     assert sorted(Message.objects.values_list("conversation_id", flat=True)) == sorted(good)
+
+
+def session_of(user: User) -> str:
+    client = Client()
+    client.force_login(user)
+    return client.session.session_key or ""
+
+
+def test_sockets_opening_together_get_their_own_state(
+    user: User, other_user: User, make_conversation: Callable[..., Conversation], settings: Any
+) -> None:
+    settings.CHAT_STATE_MESSAGES = 2
+    talked, empty, theirs = (
+        make_conversation(user),
+        make_conversation(user),
+        make_conversation(other_user),
+    )
+    post_all([persistence.Send(user.pk, talked.id, "question")])
+    finish_all(
+        [
+            persistence.Final(m.pk, "answer", "complete", llm.Usage(1, 1))
+            for m in talked.messages.filter(status="streaming")
+        ]
+    )
+    Message.objects.create(conversation=talked, role="user", content="latest")
+    mine, foreign = session_of(user), session_of(other_user)
+
+    def opening(session: str, conversation: Conversation) -> persistence.Opening:
+        return persistence.Opening(session, conversation.id, reply_running=False)
+
+    results = open_all(
+        [
+            opening(mine, talked),
+            opening(mine, empty),
+            opening(mine, theirs),
+            opening(foreign, theirs),
+            opening("no-such-session", talked),
+        ]
+    )
+
+    (uid, talked_state), (_, empty_state), (_, refused), (other_uid, their_state), anon = results
+    assert uid == user.pk and other_uid == other_user.pk
+    # The latest two messages, oldest first.
+    assert [m.content for m in talked_state.messages] == ["answer", "latest"]
+    assert empty_state.conversation.pk == empty.pk and empty_state.messages == []
+    assert refused is None and their_state.conversation.pk == theirs.pk
+    assert anon == (None, None)
+
+
+def test_an_opening_settles_replies_nobody_runs(
+    user: User, make_conversation: Callable[..., Conversation], settings: Any
+) -> None:
+    settings.REDIS_URL = ""  # one process: a reply it does not run is an orphan at once
+    conversations = [make_conversation(user) for _ in range(2)]
+    post_all([persistence.Send(user.pk, c.id, "hi") for c in conversations])  # replies never ran
+    session = session_of(user)
+    results = open_all(
+        [persistence.Opening(session, c.id, reply_running=False) for c in conversations]
+    )
+    for _, state in results:
+        assert [m.status for m in state.messages] == ["complete", "interrupted"]
