@@ -13,7 +13,7 @@ import binascii
 import json
 from collections.abc import Callable, Coroutine, Mapping
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 from asgiref.sync import sync_to_async
@@ -24,6 +24,8 @@ from django.db.models import Exists, OuterRef, Q, QuerySet
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views import csrf
 
+from chat import persistence
+from chat.batching import Batcher
 from chat.models import Conversation, Message
 from chat.serializers import conversation_json, message_json
 
@@ -100,17 +102,26 @@ def api_view(handlers: Mapping[str, Handler]) -> View:
 
 
 async def request_user(request: HttpRequest) -> User | AnonymousUser:
-    """The logged-in user, in one trip to the ORM thread for both the session and the user
-    (`request.auser()` takes one for each cache and database read)."""
-    user = await _get_user(request)
+    """The logged-in user. Requests that arrive together are looked up in one trip to the
+    ORM thread, where `request.auser()` takes one per cache and database read."""
+    user = await _users.submit(request)
     request.user = user  # `request.user` would look again, synchronously
     return user
 
 
-_get_user = cast(
-    "Callable[[HttpRequest], Coroutine[Any, Any, User | AnonymousUser]]",
-    sync_to_async(auth.get_user),
-)
+def _users_of(requests: list[HttpRequest]) -> list[User | AnonymousUser | Exception]:
+    """Django's `auth.get_user` for each request: the session's user, if it exists, is
+    active, and has not changed their password since."""
+    users: list[User | AnonymousUser | Exception] = []
+    for request in requests:
+        try:
+            users.append(auth.get_user(request))
+        except Exception as exc:  # that request's failure, not the others'
+            users.append(exc)
+    return users
+
+
+_users: Batcher[HttpRequest, User | AnonymousUser] = Batcher(sync_to_async(_users_of))
 
 
 def read_json_object(request: HttpRequest) -> dict[str, Any]:
@@ -236,7 +247,7 @@ async def list_conversations(request: HttpRequest, user: User) -> HttpResponse:
 async def create_conversation(request: HttpRequest, user: User) -> HttpResponse:
     fields = conversation_fields(read_json_object(request))
     fields.setdefault("model", default_model())
-    conversation = await Conversation.objects.acreate(owner=user, **fields)
+    conversation = await persistence.create_conversation(Conversation(owner=user, **fields))
     return JsonResponse(conversation_json(conversation), status=201)
 
 

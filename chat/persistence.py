@@ -13,6 +13,7 @@ from importlib import import_module
 from typing import Any, ParamSpec, TypeVar, cast
 from uuid import UUID
 
+from asgiref.sync import sync_to_async
 from channels.db import database_sync_to_async
 from django.conf import settings
 from django.contrib import auth
@@ -174,6 +175,23 @@ def owned(user_id: int) -> QuerySet[Conversation]:
     """The conversations of a user who may still use them: a deactivated account's open
     sockets lose access at their next frame."""
     return Conversation.objects.filter(owner_id=user_id, owner__is_active=True)
+
+
+# --- Creating a conversation ----------------------------------------------------------
+
+
+async def create_conversation(conversation: Conversation) -> Conversation:
+    """Store a new conversation. Conversations created together are stored with one
+    INSERT (`chat.batching`)."""
+    return await _creations.submit(conversation)
+
+
+def create_conversations(conversations: list[Conversation]) -> list[Conversation | Exception]:
+    return _together_or_each(conversations, Conversation.objects.bulk_create)
+
+
+# As the async ORM does (the JSON API's other steps use it): no connection closing around.
+_creations: Batcher[Conversation, Conversation] = Batcher(sync_to_async(create_conversations))
 
 
 # --- Starting a reply -------------------------------------------------------------------

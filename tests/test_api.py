@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from datetime import timedelta
 from typing import Any
 
 import pytest
-from django.test import Client
+from django.test import AsyncClient, Client
 from django.urls import reverse
 from django.utils import timezone
 
@@ -349,3 +350,32 @@ def test_detail_other_users_conversation_is_404_like_missing(
 
     assert_error(response, 404, "not_found")
     assert response.json() == missing.json()
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_requests_arriving_together_each_get_their_own_user_and_conversation(
+    user, other_user
+):
+    """The API looks users up and stores conversations in batches (`chat.batching`)."""
+    clients = []
+    for owner in [user, other_user] * 5:
+        client = AsyncClient()
+        await client.aforce_login(owner)
+        clients.append((owner, client))
+    anonymous = AsyncClient()
+
+    def create(client: AsyncClient, title: str) -> Any:
+        return client.post(LIST_URL, {"title": title}, content_type="application/json")
+
+    responses = await asyncio.gather(
+        *(create(client, f"{owner.username} {i}") for i, (owner, client) in enumerate(clients)),
+        create(anonymous, "nobody"),
+    )
+
+    *created, refused = responses
+    assert [r.status_code for r in created] == [201] * 10 and refused.status_code == 401
+    titles = {r.json()["id"]: r.json()["title"] for r in created}
+    assert len(titles) == 10
+    stored = Conversation.objects.values_list("id", "title", "owner__username")
+    async for conversation_id, title, owner in stored:
+        assert titles[str(conversation_id)] == title and title.startswith(owner)
