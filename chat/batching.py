@@ -34,15 +34,17 @@ class Batcher(Generic[Request, Result]):
     ) -> None:
         self._step, self._max_size, self._key = step, max_size, key
         self._waiting: list[tuple[Request, asyncio.Future[Result]]] = []
-        self._worker: asyncio.Task[None] | None = None
+        # One worker per event loop (one in production; tests run several in turn).
+        self._workers: dict[asyncio.AbstractEventLoop, asyncio.Task[None]] = {}
 
     async def submit(self, request: Request) -> Result:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Result] = loop.create_future()
         self._waiting.append((request, future))
-        worker = self._worker
-        if worker is None or worker.done() or worker.get_loop() is not loop:
-            self._worker = loop.create_task(self._work(), name="batcher")
+        worker = self._workers.get(loop)
+        if worker is None or worker.done():
+            self._workers = {other: w for other, w in self._workers.items() if not w.done()}
+            self._workers[loop] = loop.create_task(self._work(), name="batcher")
         return await future
 
     async def _work(self) -> None:
@@ -65,16 +67,20 @@ class Batcher(Generic[Request, Result]):
                     future.set_result(result)
 
     def _take(self) -> list[tuple[Request, asyncio.Future[Result]]]:
-        """The next batch, in arrival order; requests of a loop that ended are dropped."""
+        """The next batch of this loop's requests, in arrival order. A request whose caller
+        stopped waiting, or whose loop has closed, is dropped; another loop's request
+        waits for that loop's own worker."""
         loop = asyncio.get_running_loop()
         batch: list[tuple[Request, asyncio.Future[Result]]] = []
         keys: set[Hashable] = set()
         later = []
         for request, future in self._waiting:
-            if future.done() or future.get_loop() is not loop:
+            if future.done() or future.get_loop().is_closed():
                 continue
             key = self._key(request)
-            if len(batch) < self._max_size and key not in keys:
+            if future.get_loop() is not loop:
+                later.append((request, future))
+            elif len(batch) < self._max_size and key not in keys:
                 batch.append((request, future))
                 keys.add(key)
             else:

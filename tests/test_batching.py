@@ -4,6 +4,7 @@ gets its own result."""
 from __future__ import annotations
 
 import asyncio
+import threading
 
 import pytest
 
@@ -91,3 +92,29 @@ async def test_a_caller_that_stopped_waiting_is_left_out() -> None:
     with pytest.raises(asyncio.CancelledError):
         await gone
     assert step.batches == [[1], [3]]
+
+
+def test_each_event_loop_gets_its_own_worker() -> None:
+    """Requests of two loops at once (threads, tests) never wait on the other's worker."""
+    step = Step()
+    batcher = Batcher(step, key=lambda r: r)
+    results: dict[str, list[int]] = {}
+
+    async def submit_all(requests: range) -> list[int]:
+        answers = []
+        for request in requests:  # one after another: the two loops interleave
+            answers.append(await batcher.submit(request))
+        return answers
+
+    def run(name: str, requests: range) -> None:
+        results[name] = asyncio.run(submit_all(requests))
+
+    threads = [
+        threading.Thread(target=run, args=("one", range(1, 6))),
+        threading.Thread(target=run, args=("two", range(11, 16))),
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=10)
+    assert results == {"one": [10, 20, 30, 40, 50], "two": [110, 120, 130, 140, 150]}
