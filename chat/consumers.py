@@ -14,7 +14,7 @@ from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
 from django.http.cookie import parse_cookie
 
-from chat import crossprocess, persistence, replies, watchers
+from chat import crossprocess, logouts, persistence, replies, watchers
 from chat.serializers import conversation_json, message_json
 
 logger = logging.getLogger(__name__)
@@ -34,6 +34,7 @@ class ConversationConsumer(AsyncJsonWebsocketConsumer):  # type: ignore[misc]
     scope: dict[str, Any]
     conversation_id: UUID
     user_id: int
+    session_key: str
     # Frames that arrive while `state` is being built, sent after it.
     _held: list[tuple[dict[str, Any], str]] | None
 
@@ -62,7 +63,23 @@ class ConversationConsumer(AsyncJsonWebsocketConsumer):  # type: ignore[misc]
             await self.close(code=CLOSE_UNAUTHENTICATED if user_id is None else CLOSE_NOT_FOUND)
             return
         self.user_id = user_id
+        self.session_key = session_key
+        logouts.opened(session_key, self)
+        if crossprocess.enabled():
+            await self.hear_of_logouts_elsewhere()
         await self.send_state(state)
+
+    async def hear_of_logouts_elsewhere(self) -> None:
+        try:
+            await crossprocess.holding_sockets()
+        except Exception:
+            # The socket works; only a logout on another process cannot close it.
+            logger.warning("the channel layer is unreachable", exc_info=True)
+
+    async def end_session(self) -> None:
+        """Its session has ended (a logout): close as a socket that is not logged in."""
+        self.stop_watching()
+        await self.close(code=CLOSE_UNAUTHENTICATED)
 
     async def disconnect(self, code: int) -> None:
         """Stop watching; a running reply goes on and is saved (a disconnect is not a stop)."""
@@ -88,6 +105,8 @@ class ConversationConsumer(AsyncJsonWebsocketConsumer):  # type: ignore[misc]
     def stop_watching(self) -> None:
         if hasattr(self, "conversation_id"):
             watchers.unwatch(self.conversation_id, self)
+        if hasattr(self, "session_key"):
+            logouts.closed(self.session_key, self)
 
     async def send_state(self, state: persistence.State) -> None:
         reply = replies.running(self.conversation_id)

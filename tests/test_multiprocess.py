@@ -1,5 +1,6 @@
 """Two ASGI processes of one site, sharing the database and Redis: a tab on one process
-stops the reply that the other process runs."""
+stops the reply that the other process runs, and a logout on one closes the tabs of that
+session on the other."""
 
 from __future__ import annotations
 
@@ -59,3 +60,31 @@ async def test_stop_reaches_the_reply_another_process_runs(llm_server, user, mak
     await wait_until(lambda: llm_server.disconnects == 1, timeout=5)
     reply = await Message.objects.aget(pk=frame["message_id"])
     assert reply.status == "stopped" and reply.content
+
+
+async def test_logging_out_on_one_process_closes_the_tabs_on_another(
+    llm_server, user, make_conversation
+):
+    conversation = await sync_to_async(make_conversation)(user)
+    cookie = await sync_to_async(session_cookie)(user)
+    path = f"/ws/conversations/{conversation.id}/"
+    csrf = "b" * 32  # any 32-character secret, sent both as cookie and header
+    with (
+        serve(llm_server, REDIS_URL=REDIS_URL) as one,
+        serve(llm_server, REDIS_URL=REDIS_URL) as two,
+    ):
+        async with (
+            aiohttp.ClientSession(cookies={"sessionid": cookie, "csrftoken": csrf}) as http,
+            http.ws_connect(two.url.replace("http", "ws") + path, origin=two.url) as tab_two,
+        ):
+            assert (await next_frame(tab_two))["type"] == "state"
+
+            logout = await http.post(
+                one.url + "/accounts/logout/",
+                headers={"X-CSRFToken": csrf, "Origin": one.url, "Referer": one.url + "/"},
+                allow_redirects=False,
+            )
+            assert logout.status == 302
+
+            closing = await tab_two.receive(timeout=10)
+            assert closing.type == aiohttp.WSMsgType.CLOSE and closing.data == 4401

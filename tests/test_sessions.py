@@ -50,6 +50,23 @@ async def test_socket_after_logout_is_refused_4401(llm, user, conversation):
     assert await socket_close_code(conversation, cookie) == 4401
 
 
+async def test_logging_out_closes_the_open_sockets_of_that_session(llm, user, conversation):
+    """A logout through the page's button closes that session's open tabs at once; the
+    same user's other sessions (another browser) stay open."""
+    client, elsewhere = await logged_in_client(user), await logged_in_client(user)
+    tab = ChatSocket(conversation.id, cookie=session_cookie(client))
+    other_browser = ChatSocket(conversation.id, cookie=session_cookie(elsewhere))
+    await tab.connect()
+    await other_browser.connect()
+    assert tab.connected and other_browser.connected
+
+    assert (await client.post("/accounts/logout/")).status_code == 302
+
+    assert await tab.communicator.receive_output(5) == {"type": "websocket.close", "code": 4401}
+    assert await other_browser.nothing_more()
+    await other_browser.close()
+
+
 async def test_socket_of_deactivated_user_is_refused_4401(llm, user, conversation):
     cookie = session_cookie(await logged_in_client(user))
     assert await socket_close_code(conversation, cookie) is None
