@@ -3,6 +3,9 @@ server's environment, so that the benchmark itself never imports Django.
 
     python -m bench.database sessions 200   # users, each logged in: JSON of session keys
     python -m bench.database replies        # JSON of every stored reply, by conversation
+
+It also sets up the scripts that measure one database step in-process (`bench.send_cost`,
+`bench.setup_cost`) on a fresh database of their own.
 """
 
 from __future__ import annotations
@@ -11,17 +14,20 @@ import argparse
 import json
 import os
 import sys
+import tempfile
+from typing import TYPE_CHECKING
 
 import django
+
+if TYPE_CHECKING:
+    from django.contrib.auth.models import User
 
 
 def create_sessions(count: int) -> dict[str, object]:
     """`count` users, each with a logged-in session, as `force_login` would make them."""
     from django.conf import settings
-    from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY
     from django.contrib.auth.hashers import make_password
     from django.contrib.auth.models import User
-    from django.contrib.sessions.backends.db import SessionStore
     from django.db import transaction
 
     names = [f"bench-{i}" for i in range(count)]
@@ -29,16 +35,40 @@ def create_sessions(count: int) -> dict[str, object]:
         # No usable password: hashing hundreds of real ones would take minutes.
         User.objects.bulk_create([User(username=n, password=make_password(None)) for n in names])
         users = {u.username: u for u in User.objects.filter(username__in=names)}
-        keys = []
-        for name in names:
-            user = users[name]
-            session = SessionStore()
-            session[SESSION_KEY] = str(user.pk)
-            session[BACKEND_SESSION_KEY] = "django.contrib.auth.backends.ModelBackend"
-            session[HASH_SESSION_KEY] = user.get_session_auth_hash()
-            session.create()
-            keys.append(session.session_key)
+        keys = [logged_in_session(users[name]) for name in names]
     return {"cookie_name": settings.SESSION_COOKIE_NAME, "sessions": keys}
+
+
+def logged_in_session(user: User) -> str:
+    """A new session of `user`, logged in as `force_login` would, stored in the database
+    only (another process's session cache never sees it): its key."""
+    from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY
+    from django.contrib.sessions.backends.db import SessionStore
+
+    session = SessionStore()
+    session[SESSION_KEY] = str(user.pk)
+    session[BACKEND_SESSION_KEY] = "django.contrib.auth.backends.ModelBackend"
+    session[HASH_SESSION_KEY] = user.get_session_auth_hash()
+    session.create()
+    return session.session_key or ""
+
+
+def fresh_project(prefix: str, **environment: str) -> User:
+    """Set Django up in this process on a new, migrated SQLite database in a temporary
+    folder, with `environment` on top; its one user, `bench`."""
+    folder = tempfile.mkdtemp(prefix=prefix)
+    os.environ.update(
+        DATABASE_URL=f"sqlite:///{folder}/db.sqlite3",
+        DJANGO_SETTINGS_MODULE="chatsite.settings",
+        DJANGO_SECRET_KEY="bench-only",  # noqa: S106
+        **environment,
+    )
+    django.setup()
+    from django.contrib.auth.models import User
+    from django.core.management import call_command
+
+    call_command("migrate", verbosity=0)
+    return User.objects.create_user("bench")
 
 
 def stored_replies() -> dict[str, dict[str, str]]:

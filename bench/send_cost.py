@@ -9,10 +9,10 @@ that arrive together are stored in one batch (`chat.batching`).
 from __future__ import annotations
 
 import argparse
-import os
-import tempfile
 import time
 import uuid
+
+from bench.database import fresh_project
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -20,25 +20,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--n", type=int, default=200)
     parser.add_argument("--batch", type=int, default=1, help="sends per database step")
     args = parser.parse_args(argv)
-    folder = tempfile.mkdtemp(prefix="send-cost-")
-    os.environ.update(
-        DATABASE_URL=f"sqlite:///{folder}/db.sqlite3",
-        DJANGO_SETTINGS_MODULE="chatsite.settings",
-        DJANGO_SECRET_KEY="bench-only",  # noqa: S106
-        CHAT_MESSAGES_PER_MINUTE=str(args.n * 10),
-    )
-    import django
-
-    django.setup()
-    from django.contrib.auth import get_user_model
-    from django.core.management import call_command
+    user = fresh_project("send-cost-", CHAT_MESSAGES_PER_MINUTE=str(args.n * 10))
     from django.db import connection
 
     from chat import persistence
     from chat.models import Conversation
 
-    call_command("migrate", verbosity=0)
-    user = get_user_model().objects.create_user("bench")
     conversations = [Conversation.objects.create(owner=user, model="m") for _ in range(args.n)]
     post = persistence.post_user_messages.func  # type: ignore[attr-defined]
     statements: list[str] = []

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import tempfile
 import time
 from collections.abc import Callable
 from typing import Any
+
+from bench.database import fresh_project, logged_in_session
 
 
 def cpu_us(n: int, step: Callable[[int], Any]) -> float:
@@ -47,43 +47,16 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--n", type=int, default=300)
     args = parser.parse_args(argv)
-    folder = tempfile.mkdtemp(prefix="setup-cost-")
-    os.environ.update(
-        DATABASE_URL=f"sqlite:///{folder}/db.sqlite3",
-        DJANGO_SETTINGS_MODULE="chatsite.settings",
-        DJANGO_SECRET_KEY="bench-only",  # noqa: S106
-    )
-    import django
-
-    django.setup()
-    from django.contrib.auth import (
-        BACKEND_SESSION_KEY,
-        HASH_SESSION_KEY,
-        SESSION_KEY,
-        get_user_model,
-    )
+    user = fresh_project("setup-cost-")
+    from django.contrib.auth import get_user_model
     from django.contrib.sessions.backends.db import SessionStore
-    from django.core.management import call_command
     from django.db import connection
 
     from chat import persistence
     from chat.models import Conversation
 
-    call_command("migrate", verbosity=0)
-    user = get_user_model().objects.create_user("bench")
     n = args.n
-    sessions = []
-    for _ in range(n + 20):
-        session = SessionStore()
-        session.update(
-            {
-                SESSION_KEY: str(user.pk),
-                BACKEND_SESSION_KEY: "django.contrib.auth.backends.ModelBackend",
-                HASH_SESSION_KEY: user.get_session_auth_hash(),
-            }
-        )
-        session.create()
-        sessions.append(session.session_key)
+    sessions = [logged_in_session(user) for _ in range(n + 20)]
     made: list[Conversation] = []
     pk = Conversation._meta.pk
     assert pk is not None
@@ -94,7 +67,7 @@ def main(argv: list[str] | None = None) -> None:
             cursor.execute("SELECT * FROM chat_conversation WHERE id = %s", [value])
             cursor.fetchall()
 
-    open_conversation = persistence.open_conversation.func  # type: ignore[attr-defined]
+    open_conversations = persistence.open_conversations.func  # type: ignore[attr-defined]
     rows = [
         ("a session, from the database", lambda i: SessionStore(sessions[i]).load()),
         ("the user, by id", lambda i: get_user_model().objects.get(pk=user.pk)),
@@ -118,10 +91,11 @@ def main(argv: list[str] | None = None) -> None:
         print(f"  {name:<40} {cpu_us(n, step):7.0f}")
 
     def socket_opens(i: int) -> None:
-        user_id, state = open_conversation(sessions[i], made[i].pk, reply_running=False)
+        opening = persistence.Opening(sessions[i], made[i].pk, reply_running=False)
+        [(user_id, state)] = open_conversations([opening])
         assert user_id == user.pk and state is not None
 
-    print(f"  {'a socket opens (open_conversation)':<40} {cpu_us(n, socket_opens):7.0f}")
+    print(f"  {'a socket opens (open_conversations)':<40} {cpu_us(n, socket_opens):7.0f}")
     print("  (its session read from the database, as with a cold session cache)")
     print(f"  {'one round trip to the ORM thread':<40} {hop_us(n * 10):7.0f}")
 

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from bench.report import ROWS
 
@@ -33,3 +36,26 @@ def test_bench_tiny_run_prints_every_row_without_errors(tmp_path):
     assert ours["wrong_texts"] == 0
     assert reference["errors"] == 0, reference["error_samples"]
     assert ours["tokens_relayed"] == reference["tokens_relayed"] == 3 * 10
+
+
+@pytest.mark.parametrize(
+    ("script", "argv", "prints"),
+    [
+        ("bench.send_cost", ["--n", "6", "--batch", "3"], "6 sends in batches of 3"),
+        ("bench.setup_cost", ["--n", "5"], "a socket opens"),
+    ],
+)
+def test_step_cost_scripts_run(script, argv, prints):
+    """The in-process measures of single database steps still run against today's code."""
+    env = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "REDIS_URL"}}
+    done = subprocess.run(  # noqa: S603 (our own interpreter and arguments)
+        [sys.executable, "-m", script, *argv],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert prints in done.stdout
