@@ -245,8 +245,9 @@ def _post(sends: list[Send]) -> list[ReplyPlan | Message | Exception]:
         histories[message.conversation_id].append(message)
     limits = _Limits({send.user_id for send in sends})
     now = timezone.now()
-    results: list[ReplyPlan | Message | Exception] = []
-    starts: list[tuple[int, ReplyStart]] = []  # (index in results, what to store)
+    # A result per send; the sends that start a reply get theirs once all are stored.
+    results: list[ReplyPlan | Message | Exception | None] = []
+    starts: dict[int, ReplyStart] = {}  # by index in results
     for send in sends:
         conversation = conversations.get(send.conversation_id)
         if conversation is None or conversation.owner_id != send.user_id:
@@ -273,13 +274,15 @@ def _post(sends: list[Send]) -> list[ReplyPlan | Message | Exception]:
         )
         if not conversation.title:
             conversation.title = send.content.strip().splitlines()[0][:80]
-        starts.append((len(results), ReplyStart(conversation, history, [user_message])))
-        results.append(NOT_FOUND)  # replaced by the plan below
-    plans = _store_replies([start for _, start in starts], now)
-    for (index, start), plan in zip(starts, plans, strict=True):
+        starts[len(results)] = ReplyStart(conversation, history, [user_message])
+        results.append(None)
+    plans = _store_replies(list(starts.values()), now)
+    for (index, start), plan in zip(starts.items(), plans, strict=True):
         plan.user_message = start.new[0]
         results[index] = plan
-    return results
+    answered = [result for result in results if result is not None]
+    assert len(answered) == len(sends)  # every send has its result, in its place
+    return answered
 
 
 def _sent_before(history: list[Message], client_msg_id: UUID | None) -> Message | None:
