@@ -59,14 +59,14 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
-    "chat.middleware.SecurityMiddleware",
-    "chat.middleware.ContentSecurityPolicyMiddleware",
-    "chat.middleware.SessionMiddleware",
-    "chat.middleware.CommonMiddleware",
-    "chat.middleware.CsrfViewMiddleware",
-    "chat.middleware.AuthenticationMiddleware",
-    "chat.middleware.MessageMiddleware",
-    "chat.middleware.XFrameOptionsMiddleware",
+    "django.middleware.security.SecurityMiddleware",
+    "chat.csp.ContentSecurityPolicyMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
 
 ROOT_URLCONF = "chatsite.urls"
