@@ -1,4 +1,5 @@
-"""Staff read conversation transcripts here; the admin never rewrites what was said."""
+"""Staff read conversation transcripts here; the admin never rewrites what was said. API
+tokens are listed too, without their hashes."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from django.db.models import Aggregate, Count, IntegerField, OuterRef, QuerySet,
 from django.db.models.functions import Coalesce
 from django.http import HttpRequest
 
-from chat.models import Conversation, Message
+from chat.models import ApiToken, Conversation, Message
 
 # Django's admin classes are not subscriptable at runtime (no django_stubs_ext monkeypatch),
 # yet mypy strict wants their type parameters.
@@ -17,8 +18,9 @@ if TYPE_CHECKING:
     ConversationAdminBase = admin.ModelAdmin[Conversation]
     MessageAdminBase = admin.ModelAdmin[Message]
     MessageInlineBase = admin.TabularInline[Message, Conversation]
+    ApiTokenAdminBase = admin.ModelAdmin[ApiToken]
 else:
-    ConversationAdminBase = MessageAdminBase = admin.ModelAdmin
+    ConversationAdminBase = MessageAdminBase = ApiTokenAdminBase = admin.ModelAdmin
     MessageInlineBase = admin.TabularInline
 
 
@@ -155,6 +157,30 @@ class MessageAdmin(MessageAdminBase):
     raw_id_fields = ("conversation",)
 
     def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(ApiToken)
+class ApiTokenAdmin(ApiTokenAdminBase):
+    """Every user's API tokens, read-only; the hash of the secret is never shown."""
+
+    list_display = ("name", "owner", "prefix", "created_at", "last_used_at", "revoked_at")
+    list_select_related = ("owner",)
+    list_filter = ("created_at", "last_used_at", "revoked_at")
+    search_fields = ("name", "prefix", "=owner__username")
+    search_help_text = "Name, the token's first characters, or an exact username."
+    ordering = ("-created_at",)
+    fields = ("owner", "name", "prefix", "created_at", "last_used_at", "revoked_at")
+    readonly_fields = fields
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        # Tokens are made by their owner, who alone ever sees the secret.
         return False
 
     def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:

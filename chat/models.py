@@ -1,4 +1,5 @@
-"""Conversations and their messages: the whole stored state of a chat."""
+"""Conversations and their messages: the whole stored state of a chat; and the API tokens
+that let scripts act for a user."""
 
 from __future__ import annotations
 
@@ -115,3 +116,38 @@ class UsageRecord(models.Model):
 
     def __str__(self) -> str:
         return f"{self.owner_id}: {self.total_tokens} tokens at {self.created_at:%Y-%m-%d %H:%M}"
+
+
+class ApiToken(models.Model):
+    """A personal token for scripts (`Authorization: Bearer chat_...`). Only a hash of the
+    secret is stored: the secret itself is shown once, when the token is made."""
+
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens"
+    )
+    name = models.CharField(max_length=100)
+    # The secret's first characters: enough to tell tokens apart in a list, useless to guess.
+    prefix = models.CharField(max_length=16, editable=False)
+    # sha256 of the secret, hex. A plain hash suffices: the secret is 32 random bytes.
+    key_hash = models.CharField(max_length=64, editable=False)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [
+            # The settings page: a user's tokens, newest first.
+            models.Index(fields=["owner", "-created_at"], name="api_token_owner_recent"),
+        ]
+        constraints = [
+            # Every API request looks its token up by this hash.
+            models.UniqueConstraint(fields=["key_hash"], name="api_token_key_hash_unique"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.prefix}...)"
+
+    @property
+    def is_revoked(self) -> bool:
+        return self.revoked_at is not None

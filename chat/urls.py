@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django.urls import URLPattern, path
 
-from chat import views
+from chat import token_views, views
 
 app_name = "chat"
 
@@ -12,4 +12,6 @@ urlpatterns: list[URLPattern] = [
     path("", views.index, name="index"),
     path("new/", views.new, name="new"),
     path("c/<uuid:conversation_id>/", views.conversation, name="conversation"),
+    path("settings/tokens/", token_views.tokens, name="tokens"),
+    path("settings/tokens/<int:token_id>/revoke/", token_views.revoke, name="revoke_token"),
 ]
