@@ -1,4 +1,4 @@
-"""Fixtures shared by the whole suite: users and their conversations."""
+"""Fixtures shared by the whole suite: users, their conversations and sessions, the model."""
 
 from __future__ import annotations
 
@@ -49,6 +49,28 @@ def make_conversation(db: None) -> Callable[..., Conversation]:
     return make
 
 
+@pytest.fixture
+def conversation(user: User, make_conversation: Callable[..., Conversation]) -> Conversation:
+    """A conversation of `user`'s, with nothing said yet."""
+    return make_conversation(user)
+
+
+# --- Sessions -------------------------------------------------------------------------------
+
+
+async def logged_in_client(user: User, **options: Any) -> AsyncClient:
+    """A test client with a session of its own, logged in as `user`."""
+    client = AsyncClient(**options)
+    await client.aforce_login(user)
+    return client
+
+
+def session_cookie(client: AsyncClient) -> str:
+    """The `Cookie` header that carries `client`'s session, for a socket or another client."""
+    name = django_settings.SESSION_COOKIE_NAME
+    return f"{name}={client.cookies[name].value}"
+
+
 # --- The model: our own OpenAI-compatible server -----------------------------------------
 
 
@@ -75,12 +97,11 @@ async def llm(llm_server: FakeLLM, settings: Any) -> AsyncIterator[FakeLLM]:
 
 
 @pytest.fixture
-async def login_cookie() -> Callable[[User], Awaitable[str]]:
+def login_cookie() -> Callable[[User], Awaitable[str]]:
+    """Log a user in with a new session; the `Cookie` header that carries it."""
+
     async def login(user: User) -> str:
-        client = AsyncClient()
-        await client.aforce_login(user)
-        name = django_settings.SESSION_COOKIE_NAME
-        return f"{name}={client.cookies[name].value}"
+        return session_cookie(await logged_in_client(user))
 
     return login
 

@@ -5,16 +5,10 @@ from __future__ import annotations
 import uuid
 
 import pytest
-from asgiref.sync import sync_to_async
 
 from chat.models import Message
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-@pytest.fixture
-async def conversation(user, make_conversation):
-    return await sync_to_async(make_conversation)(user)
 
 
 async def test_anonymous_socket_is_refused_4401(llm, conversation, open_socket):
@@ -39,13 +33,10 @@ async def test_foreign_origin_is_refused(llm, user, conversation, open_socket):
     assert not socket.connected and socket.state is None
 
 
-async def test_owner_is_checked_on_every_frame(llm, user, conversation, open_socket):
+async def test_owner_is_checked_on_every_frame(llm, user, other_user, conversation, open_socket):
     socket = await open_socket(user, conversation.id)
     # The conversation changes hands (or is deleted) while the socket is open.
-    other = await sync_to_async(
-        lambda: type(user).objects.create_user("bob", password="x")  # noqa: S106
-    )()
-    conversation.owner = other
+    conversation.owner = other_user
     await conversation.asave(update_fields=["owner"])
     await socket.send(type="send", content="Still mine?")
     assert (await socket.receive())["code"] == "not_found"

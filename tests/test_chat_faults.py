@@ -51,23 +51,17 @@ async def test_upstream_fault_fails_reply_and_next_message_works(
     assert (done["status"], done["content"]) == ("complete", expected_text(20))
 
 
-async def test_unreachable_upstream_fails_reply(
-    llm, user, make_conversation, open_socket, settings
-):
+async def test_unreachable_upstream_fails_reply(llm, user, conversation, open_socket, settings):
     settings.OPENAI_BASE_URL = "http://127.0.0.1:9/v1"  # the discard port: nothing listens
     settings.CHAT_MAX_RETRIES = 0
-    conversation = await sync_to_async(make_conversation)(user)
     socket = await open_socket(user, conversation.id)
     await socket.send(type="send", content="Anyone?")
     done = (await socket.receive_until("done"))[-1]
     assert (done["status"], done["error"]["code"]) == ("failed", "upstream_unreachable")
 
 
-async def test_server_without_usage_gets_estimated_usage(
-    llm, user, make_conversation, open_socket
-):
+async def test_server_without_usage_gets_estimated_usage(llm, user, conversation, open_socket):
     llm.behaviour = Behaviour(tokens=12, send_usage=False)
-    conversation = await sync_to_async(make_conversation)(user)
     socket = await open_socket(user, conversation.id)
     await socket.send(type="send", content="Count for me")
     done = (await socket.receive_until("done"))[-1]

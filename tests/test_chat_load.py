@@ -90,8 +90,7 @@ def writes(queries: list[str]) -> list[str]:
     return [q for q in queries if q.split()[0].upper() in {"INSERT", "UPDATE", "DELETE"}]
 
 
-async def test_reply_writes_do_not_grow_with_tokens(llm, user, make_conversation, login_cookie):
-    conversation = await sync_to_async(make_conversation)(user)
+async def test_reply_writes_do_not_grow_with_tokens(llm, user, conversation, login_cookie):
     socket = ChatSocket(conversation.id, cookie=await login_cookie(user))
     await socket.connect()
     try:

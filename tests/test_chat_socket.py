@@ -7,6 +7,7 @@ import uuid
 from datetime import timedelta
 
 import pytest
+from asgiref.sync import sync_to_async
 from django.utils import timezone
 
 from chat.models import Conversation, Message
@@ -14,13 +15,6 @@ from tests.chat_socket import deltas_text
 from tests.llm_server import Behaviour, expected_text, wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-@pytest.fixture
-async def conversation(user, make_conversation):
-    from asgiref.sync import sync_to_async
-
-    return await sync_to_async(make_conversation)(user, title="Test chat")
 
 
 async def test_reply_streams_and_is_stored_whole(llm, user, conversation, open_socket):
@@ -60,8 +54,6 @@ async def test_reply_deltas_are_coalesced_into_few_frames(llm, user, conversatio
 
 
 async def test_reply_uses_history_and_system_prompt(llm, user, make_conversation, open_socket):
-    from asgiref.sync import sync_to_async
-
     conversation = await sync_to_async(make_conversation)(user, system_prompt="Be brief.")
     llm.behaviour = Behaviour(tokens=3)
     socket = await open_socket(user, conversation.id)
@@ -300,8 +292,6 @@ async def test_orphaned_streaming_reply_is_marked_interrupted(
 
 
 async def test_conversation_model_is_sent_upstream(llm, user, make_conversation, open_socket):
-    from asgiref.sync import sync_to_async
-
     conversation: Conversation = await sync_to_async(make_conversation)(user, model="other-model")
     socket = await open_socket(user, conversation.id)
     await socket.send(type="send", content="Hi")

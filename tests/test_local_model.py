@@ -8,7 +8,6 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
-from asgiref.sync import sync_to_async
 
 from chat import local_model, replies
 from chat.llm import aclose_client
@@ -42,8 +41,11 @@ async def local_llm(model_server, settings) -> AsyncIterator[local_model.LocalMo
 
 
 @pytest.fixture
-async def conversation(user, make_conversation):
-    return await sync_to_async(make_conversation)(user, model=local_model.MODEL_NAME)
+def conversation(conversation):
+    """The suite's conversation, on the bundled model."""
+    conversation.model = local_model.MODEL_NAME
+    conversation.save(update_fields=["model"])
+    return conversation
 
 
 async def first_delta_after_send(socket, content: str) -> tuple[float, list[dict[str, Any]]]:

@@ -11,12 +11,10 @@ from typing import Any
 
 import aiohttp
 import pytest
-from asgiref.sync import sync_to_async
 
 from chat.models import Message
 from tests.live_daphne import serve
 from tests.llm_server import Behaviour, wait_until
-from tests.test_shutdown import session_cookie
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -29,18 +27,19 @@ async def next_frame(socket: aiohttp.ClientWebSocketResponse) -> dict[str, Any]:
     return frame
 
 
-async def test_stop_reaches_the_reply_another_process_runs(llm_server, user, make_conversation):
+async def test_stop_reaches_the_reply_another_process_runs(
+    llm_server, user, conversation, login_cookie
+):
     llm_server.reset()
     llm_server.behaviour = Behaviour(tokens=400, token_delay=0.02)
-    conversation = await sync_to_async(make_conversation)(user)
-    cookie = await sync_to_async(session_cookie)(user)
+    cookie = await login_cookie(user)
     path = f"/ws/conversations/{conversation.id}/"
     with (
         serve(llm_server, REDIS_URL=REDIS_URL) as one,
         serve(llm_server, REDIS_URL=REDIS_URL) as two,
     ):
         async with (
-            aiohttp.ClientSession(cookies={"sessionid": cookie}) as http,
+            aiohttp.ClientSession(headers={"Cookie": cookie}) as http,
             http.ws_connect(one.url.replace("http", "ws") + path, origin=one.url) as tab_one,
             http.ws_connect(two.url.replace("http", "ws") + path, origin=two.url) as tab_two,
         ):
@@ -63,10 +62,9 @@ async def test_stop_reaches_the_reply_another_process_runs(llm_server, user, mak
 
 
 async def test_logging_out_on_one_process_closes_the_tabs_on_another(
-    llm_server, user, make_conversation
+    llm_server, user, conversation, login_cookie
 ):
-    conversation = await sync_to_async(make_conversation)(user)
-    cookie = await sync_to_async(session_cookie)(user)
+    cookie = await login_cookie(user)
     path = f"/ws/conversations/{conversation.id}/"
     csrf = "b" * 32  # any 32-character secret, sent both as cookie and header
     with (
@@ -74,7 +72,7 @@ async def test_logging_out_on_one_process_closes_the_tabs_on_another(
         serve(llm_server, REDIS_URL=REDIS_URL) as two,
     ):
         async with (
-            aiohttp.ClientSession(cookies={"sessionid": cookie, "csrftoken": csrf}) as http,
+            aiohttp.ClientSession(headers={"Cookie": f"{cookie}; csrftoken={csrf}"}) as http,
             http.ws_connect(two.url.replace("http", "ws") + path, origin=two.url) as tab_two,
         ):
             assert (await next_frame(tab_two))["type"] == "state"

@@ -6,33 +6,16 @@ from __future__ import annotations
 
 import pytest
 from asgiref.sync import sync_to_async
-from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.test import AsyncClient
 
 from chat.middleware import routes_to_async_view
 from tests.chat_socket import ChatSocket
-from tests.conftest import PASSWORD
+from tests.conftest import PASSWORD, logged_in_client, session_cookie
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 MODELS_URL = "/api/models/"
-
-
-@pytest.fixture
-async def conversation(user, make_conversation):
-    return await sync_to_async(make_conversation)(user)
-
-
-async def logged_in_client(user) -> AsyncClient:
-    client = AsyncClient()
-    await client.aforce_login(user)
-    return client
-
-
-def session_cookie(client: AsyncClient) -> str:
-    name = settings.SESSION_COOKIE_NAME
-    return f"{name}={client.cookies[name].value}"
 
 
 async def socket_close_code(conversation, cookie: str) -> int | None:
@@ -101,8 +84,7 @@ async def test_api_of_deactivated_user_is_401(user):
 
 
 async def test_async_api_without_csrf_token_is_403(user):
-    client = AsyncClient(enforce_csrf_checks=True)
-    await client.aforce_login(user)
+    client = await logged_in_client(user, enforce_csrf_checks=True)
     response = await client.post("/api/conversations/", "{}", content_type="application/json")
     assert response.status_code == 403
 
@@ -146,8 +128,7 @@ async def test_messages_added_through_asgi_are_stored_and_shown_once(user, make_
     """The message middleware's response step still stores messages that were added."""
     admin = await sync_to_async(get_user_model().objects.create_superuser)("root", "", PASSWORD)
     conversation = await sync_to_async(make_conversation)(user, title="Soup")
-    client = AsyncClient()
-    await client.aforce_login(admin)
+    client = await logged_in_client(admin)
     change = f"/admin/chat/conversation/{conversation.pk}/change/"
     form = {"title": "Renamed", "model": conversation.model, "system_prompt": ""}
     form |= {"messages-TOTAL_FORMS": "0", "messages-INITIAL_FORMS": "0"}

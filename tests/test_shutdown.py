@@ -8,8 +8,6 @@ import uuid
 
 import aiohttp
 import pytest
-from asgiref.sync import sync_to_async
-from django.contrib.sessions.backends.db import SessionStore
 
 from chat.models import Message
 from tests.live_daphne import serve
@@ -18,25 +16,17 @@ from tests.llm_server import Behaviour, expected_text, wait_until
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-def session_cookie(user) -> str:
-    session = SessionStore()
-    session["_auth_user_id"] = str(user.pk)
-    session["_auth_user_backend"] = "django.contrib.auth.backends.ModelBackend"
-    session["_auth_user_hash"] = user.get_session_auth_hash()
-    session.create()
-    return session.session_key or ""
-
-
-async def test_server_stop_saves_running_reply_as_interrupted(llm_server, user, make_conversation):
+async def test_server_stop_saves_running_reply_as_interrupted(
+    llm_server, user, conversation, login_cookie
+):
     llm_server.reset()
     llm_server.behaviour = Behaviour(tokens=400, token_delay=0.02)
-    conversation = await sync_to_async(make_conversation)(user)
-    cookie = await sync_to_async(session_cookie)(user)
+    cookie = await login_cookie(user)
     streamed = ""
     with serve(llm_server) as server:
         url = f"{server.url.replace('http', 'ws')}/ws/conversations/{conversation.id}/"
         async with (
-            aiohttp.ClientSession(cookies={"sessionid": cookie}) as http,
+            aiohttp.ClientSession(headers={"Cookie": cookie}) as http,
             http.ws_connect(url, origin=server.url) as socket,
         ):
             assert json.loads((await socket.receive()).data)["type"] == "state"
