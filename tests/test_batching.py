@@ -9,6 +9,7 @@ import threading
 import pytest
 
 from chat.batching import Batcher
+from tests.polling import wait_until
 
 
 class Step:
@@ -20,10 +21,19 @@ class Step:
 
     async def __call__(self, requests: list[int]) -> list[int | Exception]:
         self.batches.append(requests)
-        await asyncio.sleep(0.01)  # a trip to the ORM thread
+        # Time passes on purpose, as on a trip to the ORM thread: requests that arrive
+        # meanwhile must wait for the next step.
+        await asyncio.sleep(0.01)
         if self.fail:
             raise ConnectionError("the database is gone")
         return [ValueError(f"bad {r}") if r < 0 else r * 10 for r in requests]
+
+
+async def step_started(step: Step) -> None:
+    """Wait until the first step is running. Checked at every turn of the event loop: the
+    step lasts only 10 ms."""
+    async with asyncio.timeout(1):
+        await wait_until(lambda: bool(step.batches), interval=0)
 
 
 async def test_requests_that_arrive_together_share_a_step() -> None:
@@ -38,7 +48,7 @@ async def test_requests_arriving_during_a_step_go_in_the_next() -> None:
     step = Step()
     batcher = Batcher(step, key=lambda r: r)
     first = asyncio.create_task(batcher.submit(1))
-    await asyncio.sleep(0.005)  # its step is running
+    await step_started(step)
     assert await asyncio.gather(first, *(batcher.submit(r) for r in range(2, 6))) == [
         10,
         20,
@@ -83,10 +93,10 @@ async def test_a_caller_that_stopped_waiting_is_left_out() -> None:
     step = Step()
     batcher = Batcher(step, key=lambda r: r)
     first = asyncio.create_task(batcher.submit(1))
-    await asyncio.sleep(0)  # the step for 1 starts
+    await step_started(step)
     gone = asyncio.create_task(batcher.submit(2))
     kept = asyncio.create_task(batcher.submit(3))
-    await asyncio.sleep(0)
+    await asyncio.sleep(0)  # one turn of the loop: both tasks submit, and wait
     gone.cancel()
     assert await first == 10 and await kept == 30
     with pytest.raises(asyncio.CancelledError):

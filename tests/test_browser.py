@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import time
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
@@ -38,6 +37,7 @@ from chat.models import Conversation, Message
 from tests.conftest import PASSWORD
 from tests.live_daphne import serve
 from tests.llm_server import Behaviour, FakeLLM, expected_text
+from tests.polling import wait_until
 
 pytestmark = [
     pytest.mark.browser,
@@ -292,12 +292,6 @@ class SocketSwitch:
         assert self.current is not None
         await self.current.close(code=1011)
 
-    async def wait_attempts(self, count: int, timeout: float = 5.0) -> None:
-        deadline = time.monotonic() + timeout
-        while self.attempts < count:
-            assert time.monotonic() < deadline, f"{self.attempts} attempts, not {count}"
-            await asyncio.sleep(0.05)
-
 
 @pytest_asyncio.fixture(loop_scope="module")
 async def switch(page: Page) -> SocketSwitch:
@@ -322,7 +316,8 @@ async def test_draft_typed_while_down_is_sent_on_reconnect(
     await send(page, "Sent while offline")
 
     await expect(page.locator("#connection")).to_contain_text("will be sent")
-    await switch.wait_attempts(2)  # a refused retry
+    async with asyncio.timeout(5):
+        await wait_until(lambda: switch.attempts >= 2)  # a refused retry
     await expect(page.locator("#composer-input")).to_have_value("Sent while offline")
     switch.up = True
     await expect(page.locator(".message--user .message__content")).to_have_text(
@@ -364,7 +359,9 @@ async def test_deleted_conversation_says_not_found(
 
     await expect(page.locator(".notice")).to_have_text("Conversation not found.")
     await expect(page.locator("#composer-input")).to_be_disabled()
-    await asyncio.sleep(1.5)  # longer than the first two backoff steps
+    # Time passes on purpose: longer than the first two backoff steps, so a retry that the
+    # page must not make would have been made by now.
+    await asyncio.sleep(1.5)
     assert switch.attempts == 2
 
 

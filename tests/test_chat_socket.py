@@ -12,7 +12,8 @@ from django.utils import timezone
 
 from chat.models import Conversation, Message
 from tests.chat_socket import deltas_text
-from tests.llm_server import Behaviour, expected_text, wait_until
+from tests.llm_server import Behaviour, expected_text
+from tests.polling import wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -109,7 +110,8 @@ async def test_stop_closes_upstream_and_keeps_partial_text(llm, user, conversati
     assert streamed == done["content"] and 0 < len(streamed) < len(expected_text(500))
     assert expected_text(500).startswith(streamed)
     # The model server saw its connection closed long before the reply would have ended.
-    await wait_until(lambda: llm.disconnects == 1, timeout=2)
+    async with asyncio.timeout(2):
+        await wait_until(lambda: llm.disconnects == 1)
     assert llm.completed_streams == 0
     stored = await Message.objects.aget(pk=done["message_id"])
     assert (stored.status, stored.content) == ("stopped", streamed)
@@ -124,13 +126,11 @@ async def test_disconnect_mid_reply_completes_and_saves(llm, user, conversation,
     message_id = frames[1]["message"]["id"]
     await socket.close()
 
-    async def status() -> str:
-        return (await Message.objects.aget(pk=message_id)).status
+    async def reply_ended() -> bool:
+        return (await Message.objects.aget(pk=message_id)).status != "streaming"
 
-    for _ in range(300):
-        if await status() != "streaming":
-            break
-        await asyncio.sleep(0.02)
+    async with asyncio.timeout(6):
+        await wait_until(reply_ended, interval=0.05)
     stored = await Message.objects.aget(pk=message_id)
     assert (stored.status, stored.content) == ("complete", expected_text(60))
     assert llm.disconnects == 0
@@ -141,7 +141,7 @@ async def test_second_socket_mid_reply_sees_whole_reply(llm, user, conversation,
     first = await open_socket(user, conversation.id)
     await first.send(type="send", content="Hello")
     await first.receive_until("delta")
-    await asyncio.sleep(0.15)
+    await first.receive_until("delta")  # a few frames in: the second tab has text to catch up
 
     second = await open_socket(user, conversation.id)
     streaming = second.state["streaming"]
@@ -172,7 +172,13 @@ async def test_checkpoints_save_partial_text_while_streaming(llm, user, conversa
     await socket.send(type="send", content="Slowly")
     frames = await socket.receive_until("delta")
     message_id = frames[1]["message"]["id"]
-    await asyncio.sleep(1.6)
+
+    async def checkpointed() -> bool:
+        return bool((await Message.objects.aget(pk=message_id)).content)
+
+    # The first checkpoint is due a second into the reply, which lasts three.
+    async with asyncio.timeout(2):
+        await wait_until(checkpointed, interval=0.05)
     partial = await Message.objects.aget(pk=message_id)
     assert partial.status == "streaming"
     assert 0 < len(partial.content) < len(expected_text(300))

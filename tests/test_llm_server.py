@@ -14,7 +14,8 @@ import openai
 import pytest
 from openai.types.chat import ChatCompletionChunk
 
-from tests.llm_server import Behaviour, FakeLLM, expected_text, wait_until
+from tests.llm_server import Behaviour, FakeLLM, expected_text
+from tests.polling import wait_until
 
 MESSAGES: list[Any] = [{"role": "user", "content": "Say something, please."}]
 
@@ -178,7 +179,8 @@ async def test_fault_stall_trips_read_timeout(server, client):
     with pytest.raises(openai.APITimeoutError):
         await collect(client)
     assert time.monotonic() - started < 2.0
-    await wait_until(lambda: server.disconnects == 1, timeout=1.0)
+    async with asyncio.timeout(1):
+        await wait_until(lambda: server.disconnects == 1)
     assert server.active_streams == 0
 
 
@@ -200,7 +202,8 @@ async def test_early_close_counts_disconnect(server, client):
     assert server.active_streams == 1
     await stream.close()
 
-    await wait_until(lambda: server.disconnects == 1, timeout=0.5)
+    async with asyncio.timeout(0.5):
+        await wait_until(lambda: server.disconnects == 1)
     assert server.active_streams == 0
     assert server.completed_streams == 0
 
@@ -237,7 +240,8 @@ async def test_stop_with_open_stream_is_prompt():
             model="test-model", messages=MESSAGES, stream=True
         )
         await anext(stream)
-        await wait_until(lambda: server.active_streams == 1)
+        async with asyncio.timeout(5):
+            await wait_until(lambda: server.active_streams == 1)
         started = time.monotonic()
         await asyncio.to_thread(server.stop)
         assert time.monotonic() - started < 1.0

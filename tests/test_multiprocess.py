@@ -4,6 +4,7 @@ session on the other."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import uuid
@@ -14,7 +15,8 @@ import pytest
 
 from chat.models import Message
 from tests.live_daphne import serve
-from tests.llm_server import Behaviour, wait_until
+from tests.llm_server import Behaviour
+from tests.polling import wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -56,7 +58,8 @@ async def test_stop_reaches_the_reply_another_process_runs(
             while (frame := await next_frame(tab_one))["type"] != "done":
                 pass
             assert frame["status"] == "stopped"
-    await wait_until(lambda: llm_server.disconnects == 1, timeout=5)
+    async with asyncio.timeout(5):
+        await wait_until(lambda: llm_server.disconnects == 1)
     reply = await Message.objects.aget(pk=frame["message_id"])
     assert reply.status == "stopped" and reply.content
 

@@ -7,7 +7,8 @@ import asyncio
 from contextlib import aclosing
 
 from chat.llm import ReplyStream
-from tests.llm_server import Behaviour, FakeLLM, expected_text, wait_until
+from tests.llm_server import Behaviour, FakeLLM, expected_text
+from tests.polling import wait_until
 
 PROMPT = [{"role": "user", "content": "hello"}]
 
@@ -85,10 +86,12 @@ async def test_stopping_a_held_stream_closes_the_request(llm: FakeLLM) -> None:
             stream.paced = True  # and no beat ever comes: it stays held after this read
 
     reader = asyncio.create_task(read_unreleased())
-    await wait_until(lambda: stream.held)
+    async with asyncio.timeout(5):
+        await wait_until(lambda: stream.held)
     reader.cancel()
     await asyncio.gather(reader, return_exceptions=True)
-    await wait_until(lambda: llm.disconnects == 1)
+    async with asyncio.timeout(5):
+        await wait_until(lambda: llm.disconnects == 1)
     llm.behaviour = Behaviour(tokens=5)
     reads, _ = await paced_reads(ReplyStream("test-model", PROMPT))
     assert "".join(reads) == expected_text(5)

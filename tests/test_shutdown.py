@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 import uuid
@@ -11,7 +12,8 @@ import pytest
 
 from chat.models import Message
 from tests.live_daphne import serve
-from tests.llm_server import Behaviour, expected_text, wait_until
+from tests.llm_server import Behaviour, expected_text
+from tests.polling import wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -42,7 +44,8 @@ async def test_server_stop_saves_running_reply_as_interrupted(
                 if message.type == aiohttp.WSMsgType.TEXT:
                     frame = json.loads(message.data)
                     streamed += frame.get("text", "") if frame["type"] == "delta" else ""
-        await wait_until(lambda: server.process.poll() is not None, timeout=15)
+        async with asyncio.timeout(15):
+            await wait_until(lambda: server.process.poll() is not None)
 
     reply = await Message.objects.aget(conversation=conversation, role="assistant")
     assert (reply.status, reply.error_code) == ("interrupted", "interrupted")
