@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"  {name:<40} {cpu_us(n, step):7.0f}")
 
     def socket_opens(i: int) -> None:
-        opening = persistence.Opening(sessions[i], made[i].pk, reply_running=False)
+        opening = persistence.Opening(sessions[i], made[i].pk)
         [(user_id, state)] = open_conversations([opening])
         assert user_id == user.pk and state is not None
 

@@ -24,9 +24,10 @@ from django.db.models import Exists, OuterRef, Q, QuerySet
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views import csrf
 
-from chat import persistence
+from chat import chats
 from chat.batching import Batcher
 from chat.models import Conversation, Message
+from chat.refusals import Refused
 from chat.serializers import conversation_json, message_json
 
 if TYPE_CHECKING:
@@ -246,8 +247,10 @@ async def list_conversations(request: HttpRequest, user: User) -> HttpResponse:
 
 async def create_conversation(request: HttpRequest, user: User) -> HttpResponse:
     fields = conversation_fields(read_json_object(request))
-    fields.setdefault("model", default_model())
-    conversation = await persistence.create_conversation(Conversation(owner=user, **fields))
+    try:
+        conversation = await chats.service().create(user.pk, **fields)
+    except Refused as refused:
+        raise ApiError(400, refused.code, refused.detail) from None
     return JsonResponse(conversation_json(conversation), status=201)
 
 

@@ -46,32 +46,38 @@ class LLMError(Exception):
         self.detail = detail
 
 
-# What a reply ends with when the server stops under it.
-INTERRUPTED = LLMError("interrupted", "The server stopped while writing this reply.")
-
-
 # --- The shared client ------------------------------------------------------------------
 
-_client: openai.AsyncOpenAI | None = None
-_client_loop: asyncio.AbstractEventLoop | None = None
 
+class Upstream:
+    """The process's way to the model: one shared client, and the turns it hands out when
+    the model serves a limited number of requests at once (`CHAT_UPSTREAM_CONCURRENCY`)."""
 
-def get_client() -> openai.AsyncOpenAI:
-    """The process's one client; rebuilt only if the event loop changed (as between tests)."""
-    global _client, _client_loop
-    loop = asyncio.get_running_loop()
-    if _client is None or _client_loop is not loop:
-        _client = _build_client()
-        _client_loop = loop
-    return _client
+    def __init__(self) -> None:
+        self._client: openai.AsyncOpenAI | None = None
+        self._turns: asyncio.Semaphore | None = None
 
+    @property
+    def client(self) -> openai.AsyncOpenAI:
+        if self._client is None:
+            self._client = _build_client()
+        return self._client
 
-async def aclose_client() -> None:
-    """Close the shared client's connections (tests, shutdown)."""
-    global _client, _client_loop
-    client, _client, _client_loop = _client, None, None
-    if client is not None:
-        await client.close()
+    def turn(self) -> contextlib.AbstractAsyncContextManager[Any]:
+        """Wait for a free slot (llama.cpp serves one request at a time): waiting here, the
+        reply shows as waiting, not as timed out."""
+        limit = settings.CHAT_UPSTREAM_CONCURRENCY
+        if not limit:
+            return contextlib.nullcontext()
+        if self._turns is None:
+            self._turns = asyncio.Semaphore(limit)
+        return self._turns
+
+    async def aclose(self) -> None:
+        """Close the client's connections (tests, shutdown)."""
+        client, self._client = self._client, None
+        if client is not None:
+            await client.close()
 
 
 def _build_client() -> openai.AsyncOpenAI:
@@ -90,23 +96,6 @@ def _build_client() -> openai.AsyncOpenAI:
         # aiohttp reads a stream with about half the CPU of the default transport.
         http_client=openai.DefaultAioHttpClient(timeout=timeout),
     )
-
-
-_turns: asyncio.Semaphore | None = None
-_turns_loop: asyncio.AbstractEventLoop | None = None
-
-
-def upstream_turn() -> contextlib.AbstractAsyncContextManager[Any]:
-    """Wait for a free slot when the model serves a limited number of requests at once
-    (llama.cpp serves one): waiting here, the reply shows as waiting, not as timed out."""
-    global _turns, _turns_loop
-    limit = settings.CHAT_UPSTREAM_CONCURRENCY
-    if not limit:
-        return contextlib.nullcontext()
-    loop = asyncio.get_running_loop()
-    if _turns is None or _turns_loop is not loop:
-        _turns, _turns_loop = asyncio.Semaphore(limit), loop
-    return _turns
 
 
 # --- Prompts ----------------------------------------------------------------------------
@@ -152,7 +141,8 @@ class ReplyStream:
     once, so a reply costs one wake-up per frame instead of one per token.
     """
 
-    def __init__(self, model: str, messages: list[dict[str, str]]) -> None:
+    def __init__(self, upstream: Upstream, model: str, messages: list[dict[str, str]]) -> None:
+        self.upstream = upstream
         self.model = model
         self.messages = messages
         self.usage: Usage | None = None
@@ -170,12 +160,12 @@ class ReplyStream:
         extra: dict[str, Any] = {}
         if settings.CHAT_MAX_REPLY_TOKENS:
             extra["max_tokens"] = settings.CHAT_MAX_REPLY_TOKENS
-        create = get_client().chat.completions.with_streaming_response.create
+        create = self.upstream.client.chat.completions.with_streaming_response.create
         try:
             # `async with` closes the upstream request however this ends: a stop must stop
             # billing.
             async with (
-                upstream_turn(),
+                self.upstream.turn(),
                 create(
                     model=self.model,
                     # The messages ride in `extra_body`, which the SDK sends as they are:

@@ -1,7 +1,10 @@
-"""The database steps of a chat, each one short and each scoped to the conversation's owner.
+"""The database steps of a chat's replies, each one short and each scoped to the
+conversation's owner: opening a conversation, posting, regenerating, editing, saving
+streaming text and final writes. They return rows and raise only `Refused`.
 
 Steps that need a transaction are one sync function each, run on the ORM thread through
-`database_sync_to_async`: one thread hop per step, not one per query.
+`database_sync_to_async`: one thread hop per step, not one per query. Steps that many
+users' requests share (`chat.batching`) answer one result per request.
 """
 
 from __future__ import annotations
@@ -13,23 +16,28 @@ from importlib import import_module
 from typing import Any, ParamSpec, TypeVar, cast
 from uuid import UUID
 
-from asgiref.sync import sync_to_async
 from channels.db import database_sync_to_async
 from django.conf import settings
 from django.contrib import auth
 from django.db import transaction
-from django.db.models import Count, F, QuerySet, Sum, Window
+from django.db.models import Count, F, Min, QuerySet, Sum, Window
 from django.db.models.functions import RowNumber
 from django.http import HttpRequest
 from django.utils import timezone
 
-from chat import llm
-from chat.batching import Batcher
+from chat import refusals
 from chat.models import Conversation, Message, UsageRecord
+from chat.refusals import Refused
 from chat.row_updates import update_rows
 
 P = ParamSpec("P")
 R = TypeVar("R")
+
+# What a reply ends with when its process stopped (or died) under it.
+INTERRUPTED_CODE = "interrupted"
+INTERRUPTED_DETAIL = "The server stopped while writing this reply."
+
+Turn = tuple[str, str]  # (role, content), as the prompt is built from them
 
 
 def db_step(function: Callable[P, R]) -> Callable[P, Coroutine[Any, Any, R]]:
@@ -38,25 +46,14 @@ def db_step(function: Callable[P, R]) -> Callable[P, Coroutine[Any, Any, R]]:
     return cast("Callable[P, Coroutine[Any, Any, R]]", database_sync_to_async(function))
 
 
-class Refused(Exception):
-    """A request we will not serve, with the error code the client sees."""
-
-    def __init__(self, code: str, detail: str) -> None:
-        super().__init__(detail)
-        self.code = code
-        self.detail = detail
-
-
-NOT_FOUND = Refused("not_found", "No such conversation.")
-
-
 @dataclass
 class ReplyPlan:
     """What a reply needs once its messages are stored: whom it answers and with what."""
 
     conversation: Conversation
     assistant_message: Message
-    prompt: list[dict[str, str]]
+    # The turns it answers, oldest first, the question last.
+    history: list[Turn]
     user_message: Message | None = None
     # The messages a rewrite of history (edit, regenerate) removed.
     removed: list[UUID] = field(default_factory=list)
@@ -68,62 +65,62 @@ class State:
     messages: list[Message]
 
 
-# --- Reading ----------------------------------------------------------------------------
+# --- Opening a conversation ----------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class Opening:
-    """A socket that opens: the session key of its cookie, the conversation it asks for,
-    and whether this process runs a reply there now."""
+    """A socket that opens: the session key of its cookie and the conversation it asks for."""
 
     session_key: str
     conversation_id: UUID
-    reply_running: bool
 
 
 Opened = tuple[int | None, State | None]
 
 
-async def open_conversation(
-    session_key: str, conversation_id: UUID, *, reply_running: bool
-) -> Opened:
-    """For a socket that opens: the user its session logs in (None: refuse it), and the
-    state of the conversation if it is theirs (None: not found).
-
-    Sockets that open together (every tab reconnecting after a restart) open together
-    (`chat.batching`)."""
-    return await _openings.submit(Opening(session_key, conversation_id, reply_running))
-
-
 @db_step
 def open_conversations(openings: list[Opening]) -> list[Opened | Exception]:
-    """`open_conversation` for many sockets in one step: each session checked on its own,
-    the conversations and their latest messages read with one query each for all."""
-    users = [user_of_session(opening.session_key) for opening in openings]
-    ids = [o.conversation_id for o, user_id in zip(openings, users, strict=True) if user_id]
+    """For each socket that opens: the user its session logs in (None: refuse it), and the
+    state of the conversation if it is theirs (None: not found). Each session is checked
+    on its own; the conversations and their latest messages are read with one query each
+    for all. A session the database cannot read fails that socket alone."""
+    users: list[int | None | Exception] = []
+    for opening in openings:
+        try:
+            users.append(user_of_session(opening.session_key))
+        except Exception as exc:
+            users.append(exc)
+    ids = [o.conversation_id for o, user in zip(openings, users, strict=True) if _is_id(user)]
     conversations = {c.pk: c for c in Conversation.objects.filter(pk__in=ids)}
     latest = _latest_messages(list(conversations))
     results: list[Opened | Exception] = []
     for opening, user_id in zip(openings, users, strict=True):
         conversation = conversations.get(opening.conversation_id)
-        if user_id is None:
+        if isinstance(user_id, Exception):
+            results.append(user_id)
+        elif user_id is None:
             results.append((None, None))
         # `user_of_session` has just checked that the user may log in: the owner's id is
         # all there is left to compare.
         elif conversation is None or conversation.owner_id != user_id:
             results.append((user_id, None))
         else:
-            messages = latest.get(conversation.pk, [])
-            if not opening.reply_running and _streaming(messages):
-                _settle_orphans(conversation, holding_reservation=False)
-                messages = _latest_messages([conversation.pk]).get(conversation.pk, [])
-            results.append((user_id, State(conversation, messages)))
+            results.append((user_id, State(conversation, latest.get(conversation.pk, []))))
     return results
 
 
-_openings: Batcher[Opening, Opened] = Batcher(
-    open_conversations, key=lambda opening: opening.conversation_id
-)
+def _is_id(user: int | None | Exception) -> bool:
+    return isinstance(user, int)
+
+
+@db_step
+def settle_orphans(conversation_id: UUID, running: set[UUID]) -> list[Message]:
+    """Mark the conversation's replies that no process runs any more as `interrupted`
+    (`running`: the replies this process runs, never settled); its latest messages after."""
+    conversation = Conversation.objects.get(pk=conversation_id)
+    _settle_orphans(conversation, holding_reservation=False, running=running)
+    return _latest_messages([conversation_id]).get(conversation_id, [])
 
 
 def _latest_messages(conversation_ids: list[UUID]) -> dict[UUID, list[Message]]:
@@ -159,16 +156,16 @@ def user_of_session(session_key: str) -> int | None:
 
 
 @db_step
-def owns(user_id: int, conversation_id: UUID) -> bool:
-    return owned(user_id).filter(pk=conversation_id).exists()
-
-
-@db_step
 def find_sent(user_id: int, conversation_id: UUID, client_msg_id: UUID) -> Message | None:
     """The message a send with this `client_msg_id` posted, if any."""
     return Message.objects.filter(
         conversation__in=owned(user_id).filter(pk=conversation_id), client_msg_id=client_msg_id
     ).first()
+
+
+@db_step
+def message(message_id: UUID) -> Message:
+    return Message.objects.get(pk=message_id)
 
 
 def owned(user_id: int) -> QuerySet[Conversation]:
@@ -177,29 +174,12 @@ def owned(user_id: int) -> QuerySet[Conversation]:
     return Conversation.objects.filter(owner_id=user_id, owner__is_active=True)
 
 
-# --- Creating a conversation ----------------------------------------------------------
-
-
-async def create_conversation(conversation: Conversation) -> Conversation:
-    """Store a new conversation. Conversations created together are stored with one
-    INSERT (`chat.batching`)."""
-    return await _creations.submit(conversation)
-
-
-def create_conversations(conversations: list[Conversation]) -> list[Conversation | Exception]:
-    return _together_or_each(conversations, Conversation.objects.bulk_create)
-
-
-# As the async ORM does (the JSON API's other steps use it): no connection closing around.
-_creations: Batcher[Conversation, Conversation] = Batcher(sync_to_async(create_conversations))
-
-
 # --- Starting a reply -------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class Send:
-    """A user's message for a conversation, as a `send` frame brought it."""
+    """A user's message for a conversation."""
 
     user_id: int
     conversation_id: UUID
@@ -207,26 +187,12 @@ class Send:
     client_msg_id: UUID | None = None
 
 
-async def post_user_message(
-    user_id: int, conversation_id: UUID, content: str, client_msg_id: UUID | None
-) -> ReplyPlan | Message:
-    """Store the user's message and an empty reply; the existing message on a retried send.
-
-    Sends that arrive together are stored together (`chat.batching`)."""
-    return await _sends.submit(Send(user_id, conversation_id, content, client_msg_id))
-
-
 @db_step
 def post_user_messages(sends: list[Send]) -> list[ReplyPlan | Message | Exception]:
-    """`post_user_message` for many sends, in one transaction: a result per send, in order.
-
-    A send that may not be served gets its `Refused` and costs the others nothing."""
-    return _together_or_each(sends, _post)
-
-
-_sends: Batcher[Send, ReplyPlan | Message] = Batcher(
-    post_user_messages, key=lambda send: send.conversation_id
-)
+    """Store each user's message and an empty reply (the existing message for a retried
+    send), in one transaction: a result per send, in order. A send that may not be served
+    gets its `Refused` and costs the others nothing."""
+    return together_or_each(sends, _post)
 
 
 def _post(sends: list[Send]) -> list[ReplyPlan | Message | Exception]:
@@ -251,7 +217,7 @@ def _post(sends: list[Send]) -> list[ReplyPlan | Message | Exception]:
     for send in sends:
         conversation = conversations.get(send.conversation_id)
         if conversation is None or conversation.owner_id != send.user_id:
-            results.append(NOT_FOUND)
+            results.append(refusals.not_found())
             continue
         history = histories[conversation.pk]
         if retried := _sent_before(history, send.client_msg_id):
@@ -300,7 +266,7 @@ def regenerate(user_id: int, conversation_id: UUID) -> ReplyPlan:
         if _streaming(history):
             _settle_orphans(conversation, holding_reservation=True)
         if not history or history[-1].role != Message.Role.ASSISTANT:
-            raise Refused("bad_request", "There is no reply to regenerate.")
+            raise refusals.bad_request("There is no reply to regenerate.")
         _Limits({user_id}).take(user_id)
         last = history.pop()
         Message.objects.filter(pk=last.pk).delete()
@@ -321,7 +287,7 @@ def edit(user_id: int, conversation_id: UUID, message_id: UUID, content: str) ->
             (i for i, m in enumerate(history) if m.pk == message_id and m.role == "user"), None
         )
         if position is None:
-            raise Refused("not_found", "No such message of yours in this conversation.")
+            raise refusals.not_found("No such message of yours in this conversation.")
         _Limits({user_id}).take(user_id)
         message, later = history[position], history[position + 1 :]
         removed = [m.pk for m in later]
@@ -342,7 +308,7 @@ def _lock_conversation(user_id: int, conversation_id: UUID) -> Conversation:
         owned(user_id).select_for_update(of=("self",)).filter(pk=conversation_id).first()
     )
     if conversation is None:
-        raise NOT_FOUND
+        raise refusals.not_found()
     return conversation
 
 
@@ -358,7 +324,7 @@ class ReplyStart:
 
 def _store_replies(starts: list[ReplyStart], now: datetime) -> list[ReplyPlan]:
     """Store each start's new messages and an empty streaming reply after them, with one
-    INSERT per table for all of them; build each prompt."""
+    INSERT per table for all of them."""
     plans, messages, records = [], [], []
     for start in starts:
         conversation = start.conversation
@@ -377,8 +343,7 @@ def _store_replies(starts: list[ReplyStart], now: datetime) -> list[ReplyPlan]:
         )
         conversation.updated_at = now
         turns = [(m.role, m.content) for m in [*start.history, *start.new] if m.content]
-        prompt = llm.build_prompt(conversation.system_prompt, turns, settings.CHAT_CONTEXT_TOKENS)
-        plans.append(ReplyPlan(conversation, assistant, prompt))
+        plans.append(ReplyPlan(conversation, assistant, turns))
     if plans:
         Message.objects.bulk_create(messages)
         UsageRecord.objects.bulk_create(records)
@@ -394,23 +359,29 @@ def _streaming(messages: list[Message]) -> bool:
     return any(m.status == Message.Status.STREAMING for m in messages)
 
 
-def _settle_orphans(conversation: Conversation, *, holding_reservation: bool) -> None:
-    """Mark replies left `streaming` by a process that died as `interrupted`.
+def _settle_orphans(
+    conversation: Conversation, *, holding_reservation: bool, running: set[UUID] | None = None
+) -> None:
+    """Mark replies left `streaming` by a process that died as `interrupted`; never one of
+    the `running` replies of this process.
 
     With one process the local registry knows every running reply, so a streaming message
-    nobody runs is an orphan. With several (a Redis channel layer), a reply is an orphan
-    once its checkpoints have stopped for longer than any upstream read could take.
+    nobody runs is an orphan (a caller that holds the conversation's reservation knows none
+    runs). With several (a Redis channel layer), a reply is an orphan once its checkpoints
+    have stopped for longer than any upstream read could take.
     """
     streaming = conversation.messages.filter(status=Message.Status.STREAMING)
+    if running:
+        streaming = streaming.exclude(pk__in=running)
     if settings.REDIS_URL:
         stale_before = timezone.now() - timedelta(seconds=settings.CHAT_STALE_REPLY_SECONDS)
         if holding_reservation and streaming.filter(updated_at__gte=stale_before).exists():
-            raise Refused("busy", "A reply is still being written; stop it or wait.")
+            raise refusals.busy()
         streaming = streaming.filter(updated_at__lt=stale_before)
     streaming.update(
         status=Message.Status.INTERRUPTED,
-        error_code=llm.INTERRUPTED.code,
-        error_detail=llm.INTERRUPTED.detail,
+        error_code=INTERRUPTED_CODE,
+        error_detail=INTERRUPTED_DETAIL,
         updated_at=timezone.now(),
     )
 
@@ -422,8 +393,12 @@ class _Limits:
     def __init__(self, user_ids: set[int]) -> None:
         now = timezone.now()
         records = UsageRecord.objects.filter(owner_id__in=user_ids).values_list("owner_id")
+        self.now = now
         recent = records.filter(created_at__gte=now - timedelta(minutes=1))
-        self.started: dict[int, int] = dict(recent.annotate(Count("id")))
+        self.started: dict[int, tuple[int, datetime]] = {
+            owner_id: (count, oldest)
+            for owner_id, count, oldest in recent.annotate(Count("id"), Min("created_at"))
+        }
         self.used: dict[int, int] = {}
         if settings.CHAT_TOKENS_PER_DAY:
             midnight = now.replace(hour=0, minute=0, second=0, microsecond=0)
@@ -431,15 +406,25 @@ class _Limits:
             self.used = dict(today.annotate(Sum("total_tokens")))
 
     def take(self, user_id: int) -> None:
-        """Count one more reply for the user, or refuse it."""
-        started = self.started.get(user_id, 0)
+        """Count one more reply for the user, or refuse it, saying when to try again."""
+        started, oldest = self.started.get(user_id, (0, self.now))
         if started >= settings.CHAT_MESSAGES_PER_MINUTE:
-            raise Refused("rate_limited", "You are sending messages too fast; wait a minute.")
+            wait = 60 - int((self.now - oldest).total_seconds())
+            raise Refused(
+                "rate_limited",
+                f"You are sending messages too fast; try again in {wait} seconds.",
+                retry_after=max(1, wait),
+            )
         if settings.CHAT_TOKENS_PER_DAY and (
             (self.used.get(user_id) or 0) >= settings.CHAT_TOKENS_PER_DAY
         ):
-            raise Refused("quota_exceeded", "You have used today's tokens; come back tomorrow.")
-        self.started[user_id] = started + 1
+            tomorrow = (self.now + timedelta(days=1)).replace(hour=0, minute=0, second=0)
+            raise Refused(
+                "quota_exceeded",
+                "You have used today's tokens; the quota renews at midnight UTC.",
+                retry_after=max(1, int((tomorrow - self.now).total_seconds())),
+            )
+        self.started[user_id] = (started + 1, oldest)
 
 
 # --- While and after a reply streams -------------------------------------------------------
@@ -450,7 +435,8 @@ def checkpoint(contents: dict[UUID, str], alive: list[UUID]) -> None:
     """Save the partial texts of streaming replies (one transaction for all), so that a
     crash loses at most a checkpoint interval of them; and mark the `alive` ones as still
     running, so other processes do not take them for orphans. A reply that ended
-    meanwhile is not `streaming` any more, and keeps its final text."""
+    meanwhile is not `streaming` any more, and keeps its final text. Raises if the
+    transaction fails: the caller keeps the texts for the next checkpoint."""
     now = timezone.now()
     streaming = Message.Status.STREAMING
     with transaction.atomic():
@@ -467,26 +453,27 @@ class Final:
     message_id: UUID
     content: str
     status: str
-    usage: llm.Usage
-    error: llm.LLMError | None = None
+    prompt_tokens: int
+    completion_tokens: int
+    usage_estimated: bool = False
+    error_code: str = ""
+    error_detail: str = ""
 
-
-async def finish(final: Final) -> None:
-    """Write the reply whole, with the status that says how it ended, and count its tokens.
-
-    Replies that end together (a crowd that started together) are written together."""
-    await _finals.submit(final)
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
 
 
 @db_step
 def finish_all(finals: list[Final]) -> list[None | Exception]:
-    """`finish` for many replies, in one transaction."""
-    return _together_or_each(finals, _write_finals)
+    """Write each reply whole, with the status that says how it ended, and count its
+    tokens; all in one transaction, or each in its own if that fails."""
+    return together_or_each(finals, _write_finals)
 
 
 def _write_finals(finals: list[Final]) -> list[None | Exception]:
     now = timezone.now()
-    counts = [(final.usage.total_tokens, final.message_id) for final in finals]
+    counts = [(final.total_tokens, final.message_id) for final in finals]
     update_rows(UsageRecord, ["total_tokens"], counts, by="message_id")
     fields = ["content", "status", "prompt_tokens", "completion_tokens", "total_tokens"]
     fields += ["usage_estimated", "error_code", "error_detail", "updated_at"]
@@ -494,12 +481,12 @@ def _write_finals(finals: list[Final]) -> list[None | Exception]:
         (
             final.content,
             final.status,
-            final.usage.prompt_tokens,
-            final.usage.completion_tokens,
-            final.usage.total_tokens,
-            final.usage.estimated,
-            final.error.code if final.error else "",
-            final.error.detail if final.error else "",
+            final.prompt_tokens,
+            final.completion_tokens,
+            final.total_tokens,
+            final.usage_estimated,
+            final.error_code,
+            final.error_detail,
             now,
             final.message_id,
         )
@@ -509,15 +496,12 @@ def _write_finals(finals: list[Final]) -> list[None | Exception]:
     return [None] * len(finals)
 
 
-_finals: Batcher[Final, None] = Batcher(finish_all, key=lambda final: final.message_id)
-
-
 # --- Batches ------------------------------------------------------------------------------
 
 Item = TypeVar("Item")
 
 
-def _together_or_each(
+def together_or_each(
     items: list[Item], write: Callable[[list[Item]], list[R]]
 ) -> list[R | Exception]:
     """`write` all items in one transaction; if that fails, each in a transaction of its

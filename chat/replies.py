@@ -1,11 +1,11 @@
-"""A reply being generated: its task, its text so far, its frames to every watching socket.
+"""A reply being generated: its task, its text so far, its frames to every watcher.
 
-One task per reply, started with `asyncio.create_task` and kept in this process's registry,
-so a socket that closes only stops watching, while "stop" cancels the task on purpose.
-Text arrives token by token. The first text goes out at once; the rest is gathered and
-sent by the process's one clock (`chat.clock`), which every CHAT_FRAME_INTERVAL sends one
-frame per reply with new text and, every CHAT_CHECKPOINT_INTERVAL, saves all partial
-texts in one database step (DESIGN.md invariant 5).
+One task per reply, started with `asyncio.create_task` and kept in the process's
+registry (`Replies`), so a socket that closes only stops watching, while "stop" cancels
+the task on purpose. Text arrives token by token. The first text goes out at once; the
+rest is gathered and sent by the process's one clock (`chat.clock`), which every
+CHAT_FRAME_INTERVAL sends one frame per reply with new text and, every
+CHAT_CHECKPOINT_INTERVAL, saves all partial texts in one database step.
 """
 
 from __future__ import annotations
@@ -17,8 +17,14 @@ from contextlib import aclosing, contextmanager, suppress
 from typing import Any
 from uuid import UUID
 
-from chat import clock, crossprocess, llm, persistence, watchers
+from django.conf import settings
+
+from chat import llm, persistence, refusals
+from chat.batching import Batcher
+from chat.clock import Clock
+from chat.crossprocess import CrossProcess
 from chat.models import Message
+from chat.watchers import Frame, Watchers
 
 logger = logging.getLogger(__name__)
 
@@ -28,26 +34,38 @@ Status = Message.Status
 class Reply:
     """One assistant reply, from reservation to its final write."""
 
-    def __init__(self, conversation_id: UUID) -> None:
+    def __init__(self, conversation_id: UUID, replies: Replies) -> None:
         self.conversation_id = conversation_id
+        self.replies = replies
         self.message_id: UUID | None = None
         self.seq = 0
         self.task: asyncio.Task[None] | None = None
         self.stream: llm.ReplyStream | None = None
         self.checkpointed_seq = 0
+        # How it ended, once it has: the `done` frame every watcher got.
+        self.done: Frame | None = None
         self._sent: list[str] = []  # text already sent in delta frames
+        self._ends: list[int] = []  # where each delta's text ends in it, by seq
         self._pending: list[str] = []  # text read from upstream, not yet sent
         self._flushing = False
         self._stop_requested = False
         self._finishing = False
 
-    # --- Seen by consumers and views ------------------------------------------------------
+    # --- Seen by the chat service -----------------------------------------------------------
 
-    def snapshot(self) -> dict[str, Any] | None:
+    def snapshot(self) -> Frame | None:
         """All text sent so far, up to delta `seq`: what a newly connected socket renders."""
         if self.message_id is None:
             return None
         return {"message_id": str(self.message_id), "seq": self.seq, "content": self.content}
+
+    def deltas_after(self, seq: int) -> list[Frame]:
+        """The delta frames after `seq`, as they were sent: for a stream that reattaches."""
+        content, frames = self.content, []
+        for number in range(max(seq, 0) + 1, self.seq + 1):
+            start = self._ends[number - 2] if number > 1 else 0
+            frames.append(self._delta(number, content[start : self._ends[number - 1]]))
+        return frames
 
     @property
     def content(self) -> str:
@@ -57,10 +75,10 @@ class Reply:
 
     def start(self, message_id: UUID, model: str, prompt: list[dict[str, str]]) -> None:
         self.message_id = message_id
-        self.stream = llm.ReplyStream(model, prompt)
+        self.stream = llm.ReplyStream(self.replies.upstream, model, prompt)
         self.task = asyncio.create_task(self._run(self.stream), name=f"reply-{message_id}")
         self.task.add_done_callback(self._task_done)
-        clock.ensure_running()
+        self.replies.clock.ensure_running()
 
     def stop(self) -> None:
         """Cancel the reply; it saves what it has as `stopped` and closes the upstream."""
@@ -68,6 +86,11 @@ class Reply:
             return  # a second cancel would interrupt the final write
         self._stop_requested = True
         if self.task is not None:
+            self.task.cancel()
+
+    def interrupt(self) -> None:
+        """Cancel the reply as the server stops: it saves what it has as `interrupted`."""
+        if self.task is not None and not self._finishing:  # the rest end by themselves
             self.task.cancel()
 
     # --- The task -------------------------------------------------------------------------
@@ -78,8 +101,7 @@ class Reply:
         try:
             if self._stop_requested:  # stopped before the task got to run
                 raise asyncio.CancelledError
-            if crossprocess.enabled():
-                await self._join_group()
+            await self.replies.join_group(self)
             # Leaving this block, however it ends, closes the upstream request first.
             async with aclosing(stream.deltas()) as deltas:
                 async for text in deltas:
@@ -97,7 +119,8 @@ class Reply:
             if self._stop_requested:
                 status = Status.STOPPED
             else:  # the server is stopping
-                status, error = Status.INTERRUPTED, llm.INTERRUPTED
+                status = Status.INTERRUPTED
+                error = llm.LLMError(persistence.INTERRUPTED_CODE, persistence.INTERRUPTED_DETAIL)
             raise
         except Exception as exc:
             status, error = Status.FAILED, llm.LLMError("internal_error", "Something broke.")
@@ -116,16 +139,9 @@ class Reply:
     def _task_done(self, task: asyncio.Task[None]) -> None:
         """Leave the registry however the task ended (even cancelled before it ran), and
         log what nobody awaits."""
-        release(self)
+        self.replies.release(self)
         if not task.cancelled() and (exc := task.exception()) is not None:
             logger.error("reply %s ended with an error", self.message_id, exc_info=exc)
-
-    async def _join_group(self) -> None:
-        try:
-            await crossprocess.joined(self.conversation_id)
-        except Exception:
-            # The reply goes on; only a stop from another process's tab cannot reach it.
-            logger.warning("reply %s: the channel layer is unreachable", self.message_id)
 
     async def tick(self) -> None:
         """The clock's beat: send what is gathered, and let a paced stream read again."""
@@ -143,47 +159,52 @@ class Reply:
             self._pending.clear()
             self.seq += 1
             self._sent.append(text)
-            frame = {
-                "type": "delta",
-                "message_id": str(self.message_id),
-                "seq": self.seq,
-                "text": text,
-            }
-            await watchers.broadcast(self.conversation_id, frame)
+            self._ends.append((self._ends[-1] if self._ends else 0) + len(text))
+            await self.replies.watchers.broadcast(
+                self.conversation_id, self._delta(self.seq, text)
+            )
         finally:
             self._flushing = False
 
+    def _delta(self, seq: int, text: str) -> Frame:
+        return {"type": "delta", "message_id": str(self.message_id), "seq": seq, "text": text}
+
     async def _finish(self, status: str, usage: llm.Usage, error: llm.LLMError | None) -> None:
-        """Send the last text, write the reply whole, tell every socket, leave the registry."""
+        """Send the last text, write the reply whole, tell every watcher, leave the registry."""
         try:
             while self._flushing:  # the clock is sending this reply's last frame
                 await asyncio.sleep(0)
             await self.flush()
             assert self.message_id is not None
             content = self.content
+            final = persistence.Final(
+                self.message_id,
+                content,
+                status,
+                usage.prompt_tokens,
+                usage.completion_tokens,
+                usage.estimated,
+                error.code if error else "",
+                error.detail if error else "",
+            )
             try:
-                final = persistence.Final(self.message_id, content, status, usage, error)
-                await persistence.finish(final)
+                await self.replies.finish(final)
             except Exception:
                 # The tabs still learn how it ended; the row keeps its last checkpoint and
                 # is settled as `interrupted` when the conversation is next opened.
                 logger.exception("saving reply %s failed", self.message_id)
-            await watchers.broadcast(
-                self.conversation_id,
-                {
-                    "type": "done",
-                    "message_id": str(self.message_id),
-                    "status": status,
-                    "content": content,
-                    "usage": usage_json(usage),
-                    "error": {"code": error.code, "detail": error.detail} if error else None,
-                },
-            )
+            self.done = {
+                "type": "done",
+                "message_id": str(self.message_id),
+                "status": status,
+                "content": content,
+                "usage": usage_json(usage),
+                "error": {"code": error.code, "detail": error.detail} if error else None,
+            }
+            await self.replies.watchers.broadcast(self.conversation_id, self.done)
         finally:
-            release(self)
-            if crossprocess.enabled():
-                with suppress(Exception):  # the group entry expires by itself anyway
-                    await crossprocess.left(self.conversation_id)
+            self.replies.release(self)
+            await self.replies.leave_group(self)
 
 
 def usage_json(usage: llm.Usage) -> dict[str, int | bool]:
@@ -195,54 +216,113 @@ def usage_json(usage: llm.Usage) -> dict[str, int | bool]:
     }
 
 
-# --- The registry of this process's replies ------------------------------------------------
+class Replies:
+    """This process's running replies, one per conversation at most, and what they share:
+    the watchers they send to, the way to the model, the clock, and the final writes."""
 
-_running: dict[UUID, Reply] = {}
+    def __init__(
+        self, watchers: Watchers, upstream: llm.Upstream, crossprocess: CrossProcess | None
+    ) -> None:
+        self.watchers = watchers
+        self.upstream = upstream
+        self.crossprocess = crossprocess
+        self.clock = Clock(self._tick, self._checkpoint)
+        self._running: dict[UUID, Reply] = {}
+        # Replies that end together (a crowd that started together) are written together.
+        self._finals: Batcher[persistence.Final, None] = Batcher(
+            persistence.finish_all, key=lambda final: final.message_id
+        )
 
+    def running(self, conversation_id: UUID) -> Reply | None:
+        return self._running.get(conversation_id)
 
-def running(conversation_id: UUID) -> Reply | None:
-    return _running.get(conversation_id)
+    def all_running(self) -> list[Reply]:
+        return list(self._running.values())
 
+    def running_message_ids(self) -> set[UUID]:
+        return {r.message_id for r in self._running.values() if r.message_id is not None}
 
-def all_running() -> list[Reply]:
-    return list(_running.values())
+    @contextmanager
+    def reserved(self, conversation_id: UUID) -> Iterator[Reply]:
+        """Claim the conversation for a new reply, released unless the reply was started.
 
+        Claimed before the database is asked, so two sends in this process cannot both
+        start."""
+        if conversation_id in self._running:
+            raise refusals.busy()
+        reply = self._running[conversation_id] = Reply(conversation_id, self)
+        try:
+            yield reply
+        finally:
+            if reply.task is None:
+                self.release(reply)
 
-@contextmanager
-def reserved(conversation_id: UUID) -> Iterator[Reply]:
-    """Claim the conversation for a new reply, released unless the reply was started.
+    def release(self, reply: Reply) -> None:
+        if self._running.get(reply.conversation_id) is reply:
+            del self._running[reply.conversation_id]
 
-    Claimed before the database is asked, so two sends in this process cannot both start.
-    """
-    if conversation_id in _running:
-        raise persistence.Refused("busy", "A reply is still being written; stop it or wait.")
-    reply = _running[conversation_id] = Reply(conversation_id)
-    try:
-        yield reply
-    finally:
-        if reply.task is None:
-            release(reply)
+    async def finish(self, final: persistence.Final) -> None:
+        await self._finals.submit(final)
 
+    async def join_group(self, reply: Reply) -> None:
+        if self.crossprocess is None:
+            return
+        try:
+            await self.crossprocess.joined(reply.conversation_id)
+        except Exception:
+            # The reply goes on; only a stop from another process's tab cannot reach it.
+            logger.warning("reply %s: the channel layer is unreachable", reply.message_id)
 
-def release(reply: Reply) -> None:
-    if _running.get(reply.conversation_id) is reply:
-        del _running[reply.conversation_id]
+    async def leave_group(self, reply: Reply) -> None:
+        if self.crossprocess is not None:
+            with suppress(Exception):  # the group entry expires by itself anyway
+                await self.crossprocess.left(reply.conversation_id)
 
+    async def stop_all(self) -> None:
+        """Stop every reply and wait until each is saved (tests)."""
+        await self._end_all(Reply.stop)
 
-async def stop_all() -> None:
-    """Stop every reply of this process and wait until each is saved (tests)."""
-    tasks = [reply.task for reply in all_running() if reply.task is not None]
-    for reply in all_running():
-        reply.stop()
-    await asyncio.gather(*tasks, return_exceptions=True)
-    await clock.stop()
+    async def interrupt_all(self) -> None:
+        """End every reply as `interrupted`, its text saved (server shutdown)."""
+        await self._end_all(Reply.interrupt)
 
+    async def _end_all(self, end: Any) -> None:
+        running = self.all_running()
+        tasks = [reply.task for reply in running if reply.task is not None]
+        for reply in running:
+            end(reply)
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await self.clock.stop()
 
-async def interrupt_all() -> None:
-    """End every reply of this process as `interrupted`, its text saved (server shutdown)."""
-    tasks = [reply.task for reply in all_running() if reply.task is not None]
-    for reply in all_running():
-        if reply.task is not None and not reply._finishing:  # the rest end by themselves
-            reply.task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
-    await clock.stop()
+    # --- The clock's work -------------------------------------------------------------------
+
+    async def _tick(self) -> bool:
+        """One beat: each reply sends its new text. False once no reply is left."""
+        running = self.all_running()
+        for reply in running:
+            try:
+                await reply.tick()
+            except Exception:
+                # One reply's failure must not stop the beat: paced replies read only
+                # when the clock lets them.
+                logger.exception("a tick of reply %s failed", reply.message_id)
+        return bool(running)
+
+    async def _checkpoint(self) -> None:
+        """Save the new partial text of every streaming reply in one database step."""
+        saves, seqs, alive = {}, {}, []
+        for reply in self.all_running():
+            if reply.message_id is None:
+                continue
+            if reply.seq > reply.checkpointed_seq:
+                saves[reply.message_id] = reply.content
+                seqs[reply.message_id] = (reply, reply.seq)
+            elif settings.REDIS_URL:
+                # Other processes judge a reply stale by its last save: one waiting for the
+                # model's first token (or for its turn) must still look alive to them.
+                alive.append(reply.message_id)
+        if saves or alive:
+            await persistence.checkpoint(saves, alive)
+        # Only a save that succeeded counts: a failed one is tried again next time.
+        for reply, seq in seqs.values():
+            reply.checkpointed_seq = max(reply.checkpointed_seq, seq)

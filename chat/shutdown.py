@@ -7,10 +7,9 @@ replies are marked `interrupted` only when someone next opens the conversation.
 from __future__ import annotations
 
 import asyncio
-import logging
 import sys
 
-logger = logging.getLogger(__name__)
+from chat import chats
 
 
 def save_replies_on_daphne_shutdown() -> None:
@@ -27,10 +26,4 @@ def save_replies_on_daphne_shutdown() -> None:
 
 
 async def interrupt_replies() -> None:
-    from chat import crossprocess, replies
-
-    running = replies.all_running()
-    if running:
-        logger.info("server stopping: saving %d running replies", len(running))
-    await replies.interrupt_all()
-    await crossprocess.close()
+    await chats.service().interrupt_all()

@@ -7,11 +7,12 @@ from uuid import UUID
 
 from django.conf import settings
 from django.contrib.auth.decorators import login_required
-from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
-from django.shortcuts import aget_object_or_404, redirect, render
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
+from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_http_methods
 
-from chat.models import Conversation, Message
+from chat.chats import service
+from chat.refusals import Refused
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import User
@@ -25,12 +26,7 @@ INDEX_LIMIT = 200
 async def index(request: HttpRequest) -> HttpResponse:
     """The user's conversations, newest first, and a button to start one."""
     user = await logged_in_user(request)
-    conversations = [
-        conversation
-        async for conversation in Conversation.objects.filter(owner=user)
-        .order_by("-updated_at")
-        .only("id", "title", "updated_at")[:INDEX_LIMIT]
-    ]
+    conversations = await service().conversations(user.pk, limit=INDEX_LIMIT)
     # `user` is passed explicitly: the auth context processor's lazy `request.user`
     # would query the database synchronously inside this async view.
     return render(request, "chat/index.html", {"user": user, "conversations": conversations})
@@ -44,7 +40,7 @@ async def new(request: HttpRequest) -> HttpResponseRedirect:
         # Where a login interrupted a click on "New chat": back to the list, nothing made.
         return redirect("chat:index")
     user = await logged_in_user(request)
-    conversation = await Conversation.objects.acreate(owner=user, model=settings.CHAT_MODELS[0])
+    conversation = await service().create(user.pk)
     return redirect("chat:conversation", conversation_id=conversation.id)
 
 
@@ -53,12 +49,18 @@ async def new(request: HttpRequest) -> HttpResponseRedirect:
 async def conversation(request: HttpRequest, conversation_id: UUID) -> HttpResponse:
     """One conversation: the transcript so far (the websocket's `state` then takes over)."""
     user = await logged_in_user(request)
-    # Scoped to the owner: someone else's conversation is as missing as a deleted one.
-    found = await aget_object_or_404(Conversation, id=conversation_id, owner=user)
+    try:
+        # The same window of recent messages the websocket's `state` frame sends.
+        found = await service().transcript(
+            user.pk, conversation_id, latest=settings.CHAT_STATE_MESSAGES
+        )
+    except Refused:
+        # Someone else's conversation is as missing as a deleted one.
+        raise Http404("No such conversation.") from None
     context = {
         "user": user,
-        "conversation": found,
-        "transcript": await recent_messages(found),
+        "conversation": found.conversation,
+        "transcript": found.messages,
         # The bundled offline model: say so, so nobody mistakes it for a hosted one.
         "local_model": settings.CHAT_LOCAL_MODEL,
     }
@@ -70,14 +72,3 @@ async def logged_in_user(request: HttpRequest) -> User:
     user = await request.auser()
     assert user.is_authenticated  # for the type checker: the decorator redirected the rest
     return user
-
-
-async def recent_messages(conversation: Conversation) -> list[Message]:
-    """The same window of recent messages the websocket's `state` frame sends, oldest first."""
-    newest_first = [
-        message
-        async for message in conversation.messages.order_by("-created_at")[
-            : settings.CHAT_STATE_MESSAGES
-        ]
-    ]
-    return newest_first[::-1]

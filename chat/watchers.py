@@ -1,7 +1,8 @@
 """Who watches which conversation in this process, and sending them frames.
 
-Frames go straight to the local sockets, encoded once for all of them: per-token traffic
-never touches the channel layer (one Redis hop costs more than a whole frame, DESIGN.md 5).
+Frames go straight to the local sockets and SSE streams, encoded once for all of them:
+per-token traffic never touches the channel layer (one Redis hop costs more than a whole
+frame).
 """
 
 from __future__ import annotations
@@ -21,30 +22,65 @@ class Watcher(Protocol):
         """Send one frame, given both as an object and as its JSON text."""
 
 
-_watchers: dict[UUID, set[Watcher]] = {}
+class Watchers:
+    """The watchers of each conversation in this process."""
 
+    def __init__(self) -> None:
+        self._by_conversation: dict[UUID, set[Watcher]] = {}
 
-def watch(conversation_id: UUID, watcher: Watcher) -> None:
-    _watchers.setdefault(conversation_id, set()).add(watcher)
+    def watch(self, conversation_id: UUID, watcher: Watcher) -> None:
+        self._by_conversation.setdefault(conversation_id, set()).add(watcher)
 
+    def unwatch(self, conversation_id: UUID, watcher: Watcher) -> None:
+        watchers = self._by_conversation.get(conversation_id)
+        if watchers is not None:
+            watchers.discard(watcher)
+            if not watchers:
+                del self._by_conversation[conversation_id]
 
-def unwatch(conversation_id: UUID, watcher: Watcher) -> None:
-    watchers = _watchers.get(conversation_id)
-    if watchers is not None:
-        watchers.discard(watcher)
+    async def broadcast(self, conversation_id: UUID, frame: Frame) -> None:
+        """Send a frame to everyone watching the conversation; one broken socket spoils none."""
+        watchers = self._by_conversation.get(conversation_id)
         if not watchers:
-            del _watchers[conversation_id]
+            return
+        text = json.dumps(frame)
+        for watcher in tuple(watchers):
+            try:
+                await watcher.deliver(frame, text)
+            except Exception:
+                # A socket that went away mid-send: it unwatches itself on disconnect.
+                logger.debug("dropping a frame for a closed socket", exc_info=True)
 
 
-async def broadcast(conversation_id: UUID, frame: Frame) -> None:
-    """Send a frame to every socket watching the conversation; one broken socket spoils none."""
-    watchers = _watchers.get(conversation_id)
-    if not watchers:
-        return
-    text = json.dumps(frame)
-    for watcher in tuple(watchers):
-        try:
-            await watcher.deliver(frame, text)
-        except Exception:
-            # A socket that went away mid-send: it unwatches itself on disconnect.
-            logger.debug("dropping a frame for a closed socket", exc_info=True)
+class Held:
+    """A watcher that starts watching before its `state` is read, so that nothing sent
+    meanwhile is missed: frames are held until `release`, then passed on, less the deltas
+    that the state already holds."""
+
+    __slots__ = ("_held", "watcher")
+
+    def __init__(self, watcher: Watcher, *, hold: bool = True) -> None:
+        self.watcher = watcher
+        self._held: list[tuple[Frame, str]] | None = [] if hold else None
+
+    async def deliver(self, frame: Frame, text: str) -> None:
+        if self._held is not None:
+            self._held.append((frame, text))
+        else:
+            await self.watcher.deliver(frame, text)
+
+    async def release(self, streaming: Frame | None) -> None:
+        """Pass on what was held; `streaming` is the state's snapshot of the running reply."""
+        held, self._held = self._held or [], None
+        for frame, text in held:
+            if streaming is None or not _already_in(frame, streaming):
+                await self.watcher.deliver(frame, text)
+
+
+def _already_in(frame: Frame, streaming: Frame) -> bool:
+    """A delta the `state` snapshot already holds."""
+    return (
+        frame.get("type") == "delta"
+        and frame["message_id"] == streaming["message_id"]
+        and frame["seq"] <= streaming["seq"]
+    )

@@ -13,8 +13,7 @@ from django.contrib.auth.models import User
 from django.db import connections
 from django.test import AsyncClient
 
-from chat import crossprocess, replies
-from chat.llm import aclose_client
+from chat import chats
 from chat.models import Conversation
 from tests.chat_socket import ChatSocket
 from tests.llm_server import FakeLLM
@@ -88,9 +87,7 @@ async def llm(llm_server: FakeLLM, settings: Any) -> AsyncIterator[FakeLLM]:
     settings.OPENAI_API_KEY = "test-key"
     yield llm_server
     # Nothing of this test may outlive it: its replies and the client bound to its loop.
-    await replies.stop_all()
-    await crossprocess.close()
-    await aclose_client()
+    await chats.service().stop_all()
 
 
 # --- Websockets -----------------------------------------------------------------------------

@@ -9,11 +9,12 @@ from typing import Any
 
 import pytest
 
-from chat import local_model, replies
-from chat.llm import aclose_client
+from chat import chats, local_model
 from tests.chat_socket import deltas_text
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.local_model]
+
+SLOW_MODEL_TIMEOUT = 60  # seconds a socket waits for each frame of the bundled model
 
 if not local_model.installed():
     if os.environ.get("CHAT_REQUIRE_LOCAL_MODEL"):
@@ -36,8 +37,7 @@ async def local_llm(model_server, settings) -> AsyncIterator[local_model.LocalMo
     settings.CHAT_UPSTREAM_CONCURRENCY = 1
     settings.CHAT_CONTEXT_TOKENS = local_model.PROMPT_BUDGET
     yield model_server
-    await replies.stop_all()
-    await aclose_client()
+    await chats.service().stop_all()
 
 
 @pytest.fixture
@@ -51,7 +51,7 @@ def conversation(conversation):
 async def first_delta_after_send(socket, content: str) -> tuple[float, list[dict[str, Any]]]:
     started = time.monotonic()
     await socket.send(type="send", content=content)
-    frames = await socket.receive_until("delta", timeout=60)
+    frames = await socket.receive_until("delta")
     return time.monotonic() - started, frames
 
 
@@ -59,9 +59,9 @@ async def test_local_model_replies_with_usage(
     local_llm, user, conversation, open_socket, settings
 ):
     settings.CHAT_MAX_REPLY_TOKENS = 48
-    socket = await open_socket(user, conversation.id)
+    socket = await open_socket(user, conversation.id, frame_timeout=SLOW_MODEL_TIMEOUT)
     await socket.send(type="send", content="What is the capital of France?")
-    frames = await socket.receive_until("done", timeout=60)
+    frames = await socket.receive_until("done")
     done = frames[-1]
     assert done["status"] == "complete", done
     assert done["content"].strip() and deltas_text(frames, done["message_id"]) == done["content"]
@@ -72,10 +72,10 @@ async def test_local_model_stops_generating_on_stop(
     local_llm, user, conversation, open_socket, settings
 ):
     settings.CHAT_MAX_REPLY_TOKENS = 2000
-    socket = await open_socket(user, conversation.id)
+    socket = await open_socket(user, conversation.id, frame_timeout=SLOW_MODEL_TIMEOUT)
     await first_delta_after_send(socket, "Count from 1 to 1000, one number per line.")
     await socket.send(type="stop")
-    assert (await socket.receive_until("done", timeout=30))[-1]["status"] == "stopped"
+    assert (await socket.receive_until("done"))[-1]["status"] == "stopped"
 
     # Had llama.cpp kept generating the 2000 tokens, this reply would wait for it (the
     # server serves one request at a time): tens of seconds, not a moment.
@@ -83,4 +83,4 @@ async def test_local_model_stops_generating_on_stop(
     waited, _ = await first_delta_after_send(socket, "Say hello.")
     print(f"first token after a stop: {waited:.2f} s")
     assert waited < 8
-    assert (await socket.receive_until("done", timeout=60))[-1]["status"] == "complete"
+    assert (await socket.receive_until("done"))[-1]["status"] == "complete"

@@ -12,7 +12,8 @@ from django.contrib.auth.models import User
 from django.db import IntegrityError
 from django.test import Client
 
-from chat import llm, persistence
+from chat import persistence
+from chat.refusals import Refused
 from chat.models import Conversation, Message, UsageRecord
 
 post_all = persistence.post_user_messages.func  # type: ignore[attr-defined]
@@ -45,9 +46,9 @@ def test_one_batch_answers_each_send(
     assert isinstance(plan, persistence.ReplyPlan) and isinstance(
         other_plan, persistence.ReplyPlan
     )
-    assert plan.prompt[-1] == {"role": "user", "content": "hello\nsecond line"}
-    assert other_plan.prompt[-1]["content"] == "theirs"
-    assert isinstance(refused, persistence.Refused) and refused.code == "not_found"
+    assert plan.history[-1] == ("user", "hello\nsecond line")
+    assert other_plan.history[-1] == ("user", "theirs")
+    assert isinstance(refused, Refused) and refused.code == "not_found"
     assert first.user_message is not None
     assert isinstance(retried, Message) and retried.pk == first.user_message.pk
     mine.refresh_from_db()
@@ -80,12 +81,11 @@ def test_final_writes_of_many_replies(
         [persistence.Send(user.pk, make_conversation(user).id, "hi") for _ in range(3)]
     )
     ids = [plan.assistant_message.pk for plan in plans]
-    usage = llm.Usage(prompt_tokens=5, completion_tokens=7)
     results = finish_all(
         [
-            persistence.Final(ids[0], "done", "complete", usage),
-            persistence.Final(ids[1], "par", "stopped", usage),
-            persistence.Final(ids[2], "", "failed", usage, llm.LLMError("upstream_error", "500")),
+            persistence.Final(ids[0], "done", "complete", 5, 7),
+            persistence.Final(ids[1], "par", "stopped", 5, 7),
+            persistence.Final(ids[2], "", "failed", 5, 7, False, "upstream_error", "500"),
         ]
     )
     assert results == [None, None, None]
@@ -109,7 +109,7 @@ def test_checkpoints_skip_replies_that_ended(
         [persistence.Send(user.pk, make_conversation(user).id, "hi") for _ in range(2)]
     )
     running, ended = (plan.assistant_message.pk for plan in plans)
-    finish_all([persistence.Final(ended, "final", "complete", llm.Usage(1, 1))])
+    finish_all([persistence.Final(ended, "final", "complete", 1, 1)])
     persistence.checkpoint.func({running: "so far", ended: "stale"}, [])  # type: ignore[attr-defined]
     assert Message.objects.get(pk=running).content == "so far"
     assert Message.objects.get(pk=ended).content == "final"
@@ -126,7 +126,7 @@ def test_a_failing_item_fails_alone(
     def write(ids: list[uuid.UUID]) -> list[Message]:
         return [Message.objects.create(conversation_id=i, role="user", content="x") for i in ids]
 
-    results = persistence._together_or_each([good[0], missing, good[1]], write)
+    results = persistence.together_or_each([good[0], missing, good[1]], write)
     assert isinstance(results[0], Message) and isinstance(results[2], Message)
     assert isinstance(results[1], IntegrityError)
     assert sorted(Message.objects.values_list("conversation_id", flat=True)) == sorted(good)
@@ -150,7 +150,7 @@ def test_sockets_opening_together_get_their_own_state(
     post_all([persistence.Send(user.pk, talked.id, "question")])
     finish_all(
         [
-            persistence.Final(m.pk, "answer", "complete", llm.Usage(1, 1))
+            persistence.Final(m.pk, "answer", "complete", 1, 1)
             for m in talked.messages.filter(status="streaming")
         ]
     )
@@ -158,7 +158,7 @@ def test_sockets_opening_together_get_their_own_state(
     mine, foreign = session_of(user), session_of(other_user)
 
     def opening(session: str, conversation: Conversation) -> persistence.Opening:
-        return persistence.Opening(session, conversation.id, reply_running=False)
+        return persistence.Opening(session, conversation.id)
 
     results = open_all(
         [
@@ -179,15 +179,32 @@ def test_sockets_opening_together_get_their_own_state(
     assert anon == (None, None)
 
 
-def test_an_opening_settles_replies_nobody_runs(
+def test_settling_orphans_spares_the_replies_this_process_runs(
     user: User, make_conversation: Callable[..., Conversation], settings: Any
 ) -> None:
     settings.REDIS_URL = ""  # one process: a reply it does not run is an orphan at once
-    conversations = [make_conversation(user) for _ in range(2)]
-    post_all([persistence.Send(user.pk, c.id, "hi") for c in conversations])  # replies never ran
-    session = session_of(user)
+    orphaned, running = (make_conversation(user) for _ in range(2))
+    plans = post_all([persistence.Send(user.pk, c.id, "hi") for c in (orphaned, running)])
+    running_ids = {plans[1].assistant_message.pk}
+    settle = persistence.settle_orphans.func  # type: ignore[attr-defined]
+    for conversation in (orphaned, running):
+        settle(conversation.id, running_ids)
+    assert [m.status for m in orphaned.messages.all()] == ["complete", "interrupted"]
+    assert [m.status for m in running.messages.all()] == ["complete", "streaming"]
+
+
+def test_a_session_the_database_refuses_fails_its_opening_alone(
+    user: User, make_conversation: Callable[..., Conversation]
+) -> None:
+    """A cookie's session key that the database cannot take (PostgreSQL refuses NUL)
+    fails that socket, never the others that open in the same step."""
+    conversation = make_conversation(user)
     results = open_all(
-        [persistence.Opening(session, c.id, reply_running=False) for c in conversations]
+        [
+            persistence.Opening("aaaaaaaa\x00", conversation.id),
+            persistence.Opening(session_of(user), conversation.id),
+        ]
     )
-    for _, state in results:
-        assert [m.status for m in state.messages] == ["complete", "interrupted"]
+    poisoned, (user_id, state) = results
+    assert isinstance(poisoned, Exception) or poisoned == (None, None)
+    assert user_id == user.pk and state is not None

@@ -1,0 +1,427 @@
+"""The chat service: the only way to act on a conversation, whatever the front end.
+
+Open a conversation and watch its frames, send, stop, regenerate, edit, create, list,
+read, change and delete. A step that starts a reply owns the sequence reserve -> persist
+-> broadcast -> start. Refusals are `chat.refusals.Refused`, which each front end (the
+websocket consumer, the JSON and SSE views, the pages) translates into its own shape.
+
+The service also holds the process's live state (running replies, the clock, watchers,
+the model client, the batched database steps, the open sockets of each session): one
+`ChatService` per event loop, from `service()`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import weakref
+from dataclasses import dataclass
+from typing import Protocol
+from uuid import UUID
+
+from asgiref.sync import sync_to_async
+from django.conf import settings
+
+from chat import conversation_store, crossprocess, llm, persistence, refusals
+from chat.batching import Batcher
+from chat.conversation_store import Position
+from chat.crossprocess import CrossProcess
+from chat.models import Conversation, Message
+from chat.persistence import ReplyPlan, State
+from chat.replies import Replies, Reply
+from chat.serializers import conversation_json, message_json
+from chat.watchers import Frame, Held, Watcher, Watchers
+
+logger = logging.getLogger(__name__)
+
+MAX_TITLE_LENGTH = 200  # Conversation.title's max_length
+
+
+class SessionWatcher(Watcher, Protocol):
+    async def end_session(self) -> None:
+        """Its session has ended (a logout): stop, as one that is not logged in."""
+
+
+class Attachment(Held):
+    """One watcher's place among a conversation's watchers, until `detach`."""
+
+    __slots__ = ("conversation_id", "service", "session_key")
+
+    def __init__(
+        self,
+        service: ChatService,
+        conversation_id: UUID,
+        watcher: Watcher,
+        session_key: str | None = None,
+        *,
+        hold: bool = True,
+    ) -> None:
+        super().__init__(watcher, hold=hold)
+        self.service, self.conversation_id, self.session_key = (
+            service,
+            conversation_id,
+            session_key,
+        )
+        service.watchers.watch(conversation_id, self)
+
+    def detach(self) -> None:
+        """Stop watching; a running reply goes on and is saved (a disconnect is not a stop)."""
+        self.service.watchers.unwatch(self.conversation_id, self)
+        if self.session_key is not None:
+            self.service.forget_session_watcher(self)
+
+
+@dataclass
+class Started:
+    """What a send, regenerate or edit did: the messages it stored and the reply it
+    started; a retried send stored nothing new and starts nothing (`reply` None)."""
+
+    user_message: Message | None
+    assistant_message: Message | None
+    reply: Reply | None
+
+
+class ChatService:
+    """The chats of one event loop."""
+
+    def __init__(self) -> None:
+        self.watchers = Watchers()
+        self.upstream = llm.Upstream()
+        self.crossprocess = (
+            CrossProcess(self._stop_here, self.end_session) if crossprocess.enabled() else None
+        )
+        self.replies = Replies(self.watchers, self.upstream, self.crossprocess)
+        self._sessions: dict[str, set[Attachment]] = {}
+        self._closing: set[asyncio.Task[None]] = set()
+        # Steps that many users' requests arrive at together share one trip to the ORM
+        # thread (`chat.batching`); each request still gets its own result.
+        self._openings: Batcher[persistence.Opening, persistence.Opened] = Batcher(
+            persistence.open_conversations, key=lambda opening: opening.conversation_id
+        )
+        self._sends: Batcher[persistence.Send, ReplyPlan | Message] = Batcher(
+            persistence.post_user_messages, key=lambda send: send.conversation_id
+        )
+        # As the async ORM does: no connection closing around, for one INSERT.
+        self._creations: Batcher[Conversation, Conversation] = Batcher(
+            sync_to_async(conversation_store.create_conversations)
+        )
+
+    # --- Watching -------------------------------------------------------------------------
+
+    async def open(
+        self, session_key: str, conversation_id: UUID, watcher: SessionWatcher
+    ) -> tuple[int | None, Attachment | None]:
+        """For a socket that opens with a session: the user it logs in (None: refuse it)
+        and, if the conversation is theirs, the watcher's attachment, after sending it the
+        `state` frame; every frame after the state follows."""
+        attachment = Attachment(self, conversation_id, watcher, session_key)
+        try:
+            user_id, state = await self._openings.submit(
+                persistence.Opening(session_key, conversation_id)
+            )
+        except BaseException:
+            attachment.detach()
+            raise
+        if user_id is None or state is None:
+            attachment.detach()
+            return user_id, None
+        self._sessions.setdefault(session_key, set()).add(attachment)
+        if self.crossprocess is not None:
+            await self._hear_of_logouts_elsewhere()
+        await self._send_state(attachment, state)
+        return user_id, attachment
+
+    def watch(self, conversation_id: UUID, watcher: Watcher) -> Attachment:
+        """Watch every frame of the conversation from now on, without a `state` (a caller
+        that is about to act on it, and has checked or will check that it may)."""
+        return Attachment(self, conversation_id, watcher, hold=False)
+
+    async def follow(
+        self, user_id: int, conversation_id: UUID, watcher: Watcher, *, after: int | None
+    ) -> Attachment | None:
+        """Reattach to the running reply: the delta frames after `after` (a `state` when
+        None), then every frame as it comes; the attachment, to detach once the reply is
+        `done`. With no reply running, one `state` frame and None."""
+        if not await conversation_store.owns(user_id, conversation_id):
+            raise refusals.not_found()
+        reply = self.replies.running(conversation_id)
+        if reply is None or reply.message_id is None or after is None:
+            attachment = Attachment(self, conversation_id, watcher) if reply else None
+            state = await conversation_store.transcript(
+                user_id, conversation_id, latest=settings.CHAT_STATE_MESSAGES
+            )
+            if attachment is None:
+                await watcher.deliver(*_encoded(self._state_frame(state)))
+            else:
+                await self._send_state(attachment, state)
+            return attachment
+        attachment = Attachment(self, conversation_id, watcher)
+        for frame in reply.deltas_after(after):
+            await watcher.deliver(*_encoded(frame))
+        await attachment.release({"message_id": str(reply.message_id), "seq": reply.seq})
+        return attachment
+
+    async def _send_state(self, attachment: Attachment, state: State) -> None:
+        running = self.replies.running_message_ids()
+        if any(
+            m.status == Message.Status.STREAMING and m.pk not in running for m in state.messages
+        ):
+            # A reply that no process runs any more (its process died): settle it first.
+            state.messages = await persistence.settle_orphans(state.conversation.pk, running)
+        frame = self._state_frame(state)
+        await attachment.watcher.deliver(*_encoded(frame))
+        await attachment.release(frame["streaming"])
+
+    def _state_frame(self, state: State) -> Frame:
+        reply = self.replies.running(state.conversation.pk)
+        return {
+            "type": "state",
+            "conversation": conversation_json(state.conversation),
+            "messages": [message_json(m) for m in state.messages],
+            "streaming": reply.snapshot() if reply is not None else None,
+        }
+
+    # --- Replies --------------------------------------------------------------------------
+
+    async def send(
+        self, user_id: int, conversation_id: UUID, content: str, client_msg_id: UUID | None = None
+    ) -> Started:
+        """Post a user message and start a reply; a retried `client_msg_id` posts nothing."""
+        content = checked_content(content)
+        if client_msg_id is not None and self.replies.running(conversation_id):
+            # Most likely the retry of the send whose reply runs: answer it, not `busy`.
+            sent = await persistence.find_sent(user_id, conversation_id, client_msg_id)
+            if sent is not None:
+                return Started(sent, None, None)
+        with self.replies.reserved(conversation_id) as reply:
+            posted = await self._sends.submit(
+                persistence.Send(user_id, conversation_id, content, client_msg_id)
+            )
+            if isinstance(posted, ReplyPlan):
+                return await self._start(reply, posted)
+        return Started(posted, None, None)  # a retry of a message already posted
+
+    async def regenerate(self, user_id: int, conversation_id: UUID) -> Started:
+        """Replace the last reply with a new one."""
+        with self.replies.reserved(conversation_id) as reply:
+            plan = await persistence.regenerate(user_id, conversation_id)
+            return await self._start(reply, plan)
+
+    async def edit(
+        self, user_id: int, conversation_id: UUID, message_id: UUID, content: str
+    ) -> Started:
+        """Change a user message and answer it anew, dropping what came after it."""
+        content = checked_content(content)
+        with self.replies.reserved(conversation_id) as reply:
+            plan = await persistence.edit(user_id, conversation_id, message_id, content)
+            return await self._start(reply, plan)
+
+    async def _start(self, reply: Reply, plan: ReplyPlan) -> Started:
+        conversation_id = plan.conversation.pk
+        for removed in plan.removed:
+            await self.watchers.broadcast(
+                conversation_id, {"type": "removed", "message_id": str(removed)}
+            )
+        for message in (plan.user_message, plan.assistant_message):
+            if message is not None:
+                await self.watchers.broadcast(
+                    conversation_id, {"type": "message", "message": message_json(message)}
+                )
+        prompt = llm.build_prompt(
+            plan.conversation.system_prompt, plan.history, settings.CHAT_CONTEXT_TOKENS
+        )
+        reply.start(plan.assistant_message.id, plan.conversation.model, prompt)
+        return Started(plan.user_message, plan.assistant_message, reply)
+
+    async def finished(self, started: Started) -> Message | None:
+        """The started reply's message once it has ended, as it was saved: what a caller
+        that waits for the whole reply answers. Waiting may be cancelled; the reply is not."""
+        reply, message = started.reply, started.assistant_message
+        if reply is None or reply.task is None or message is None:
+            return message
+        await asyncio.wait([reply.task])
+        done = reply.done
+        if done is None:  # its final step crashed: what the database holds
+            return await persistence.message(message.pk)
+        message.content, message.status = done["content"], done["status"]
+        usage, error = done["usage"], done["error"] or {"code": "", "detail": ""}
+        message.prompt_tokens = usage["prompt_tokens"]
+        message.completion_tokens = usage["completion_tokens"]
+        message.total_tokens = usage["total_tokens"]
+        message.usage_estimated = usage["estimated"]
+        message.error_code, message.error_detail = error["code"], error["detail"]
+        return message
+
+    async def stop(self, user_id: int, conversation_id: UUID) -> None:
+        """Stop the running reply, if any; its `done` frame follows."""
+        if not await conversation_store.owns(user_id, conversation_id):
+            raise refusals.not_found()
+        if not self._stop_here(conversation_id) and self.crossprocess is not None:
+            await self.crossprocess.request_stop(conversation_id)  # another process's reply
+
+    def _stop_here(self, conversation_id: UUID) -> bool:
+        reply = self.replies.running(conversation_id)
+        if reply is not None:
+            reply.stop()
+        return reply is not None
+
+    # --- Conversations ---------------------------------------------------------------------
+
+    async def create(
+        self, user_id: int, *, title: str = "", model: str = "", system_prompt: str = ""
+    ) -> Conversation:
+        """A new conversation, with the default model unless one of CHAT_MODELS is named."""
+        fields = checked_fields(title=title, model=model or default_model())
+        fields |= checked_fields(system_prompt=system_prompt)
+        return await self._creations.submit(Conversation(owner_id=user_id, **fields))
+
+    async def conversations(
+        self, user_id: int, *, after: Position | None = None, text: str = "", limit: int = 20
+    ) -> list[Conversation]:
+        """The user's conversations, newest first; `text` searches titles and messages."""
+        return await conversation_store.list_conversations(
+            user_id, after=after, text=text.strip(), limit=limit
+        )
+
+    async def transcript(
+        self, user_id: int, conversation_id: UUID, *, latest: int | None = None
+    ) -> State:
+        """The conversation with its messages, oldest first: all, or the `latest` ones."""
+        return await conversation_store.transcript(user_id, conversation_id, latest=latest)
+
+    async def update(self, user_id: int, conversation_id: UUID, **fields: str) -> Conversation:
+        """Change the title, model or system prompt; every open tab is told."""
+        conversation = await conversation_store.update_conversation(
+            user_id, conversation_id, checked_fields(**fields)
+        )
+        await self.watchers.broadcast(
+            conversation_id,
+            {"type": "conversation", "conversation": conversation_json(conversation)},
+        )
+        return conversation
+
+    async def delete(self, user_id: int, conversation_id: UUID) -> None:
+        """Delete the conversation, stopping its reply first; every open tab is told."""
+        if not await conversation_store.owns(user_id, conversation_id):
+            raise refusals.not_found()
+        reply = self.replies.running(conversation_id)
+        if reply is not None and reply.task is not None:
+            reply.stop()
+            await asyncio.wait([reply.task])
+        elif self.crossprocess is not None:
+            await self.crossprocess.request_stop(conversation_id)
+        await conversation_store.delete_conversation(user_id, conversation_id)
+        await self.watchers.broadcast(
+            conversation_id, {"type": "deleted", "conversation_id": str(conversation_id)}
+        )
+
+    # --- Sessions ---------------------------------------------------------------------------
+
+    def end_session(self, session_key: str) -> None:
+        """A session has ended: its sockets here close (on this loop)."""
+        for attachment in self._sessions.pop(session_key, ()):
+            watcher = attachment.watcher
+            if hasattr(watcher, "end_session"):
+                task = asyncio.ensure_future(watcher.end_session())
+                self._closing.add(task)  # kept until done: the loop holds tasks only weakly
+                task.add_done_callback(self._closing.discard)
+
+    def forget_session_watcher(self, attachment: Attachment) -> None:
+        assert attachment.session_key is not None
+        attachments = self._sessions.get(attachment.session_key)
+        if attachments is not None:
+            attachments.discard(attachment)
+            if not attachments:
+                del self._sessions[attachment.session_key]
+
+    async def _hear_of_logouts_elsewhere(self) -> None:
+        assert self.crossprocess is not None
+        try:
+            await self.crossprocess.holding_sockets()
+        except Exception:
+            # The socket works; only a logout on another process cannot close it.
+            logger.warning("the channel layer is unreachable", exc_info=True)
+
+    # --- The end --------------------------------------------------------------------------
+
+    async def stop_all(self) -> None:
+        """Stop every reply and wait until each is saved; close what the service opened."""
+        await self.replies.stop_all()
+        await self._close()
+
+    async def interrupt_all(self) -> None:
+        """End every reply as `interrupted`, its text saved (server shutdown)."""
+        running = self.replies.all_running()
+        if running:
+            logger.info("server stopping: saving %d running replies", len(running))
+        await self.replies.interrupt_all()
+        await self._close()
+
+    async def _close(self) -> None:
+        if self.crossprocess is not None:
+            await self.crossprocess.close()
+        await self.upstream.aclose()
+
+
+# --- Checks shared by every front end -----------------------------------------------------
+
+
+def checked_content(content: str) -> str:
+    if not content.strip():
+        raise refusals.bad_request("'content' must be a non-empty string.")
+    if len(content) > settings.CHAT_MAX_INPUT_CHARS:
+        raise refusals.too_long("A message", settings.CHAT_MAX_INPUT_CHARS)
+    return content
+
+
+def checked_fields(**fields: str) -> dict[str, str]:
+    """Title, model and system prompt as they may be stored, or a refusal."""
+    checked = dict(fields)
+    if "title" in checked:
+        checked["title"] = checked["title"].strip()
+        if len(checked["title"]) > MAX_TITLE_LENGTH:
+            raise refusals.too_long("A title", MAX_TITLE_LENGTH)
+    if "model" in checked and checked["model"] not in settings.CHAT_MODELS:
+        offered = ", ".join(settings.CHAT_MODELS)
+        raise refusals.bad_request(f"Unknown model; offered: {offered}.")
+    if (
+        "system_prompt" in checked
+        and len(checked["system_prompt"]) > settings.CHAT_MAX_INPUT_CHARS
+    ):
+        raise refusals.too_long("A system prompt", settings.CHAT_MAX_INPUT_CHARS)
+    unknown = set(checked) - {"title", "model", "system_prompt"}
+    if unknown:
+        raise refusals.bad_request(f"Unknown fields: {', '.join(sorted(unknown))}.")
+    return checked
+
+
+def default_model() -> str:
+    model: str = settings.CHAT_MODELS[0]
+    return model
+
+
+def _encoded(frame: Frame) -> tuple[Frame, str]:
+    return frame, json.dumps(frame)
+
+
+# --- One service per event loop -----------------------------------------------------------
+
+_services: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, ChatService] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def service() -> ChatService:
+    """The chat service of the running event loop (one in production; tests run several
+    loops in turn)."""
+    loop = asyncio.get_running_loop()
+    found = _services.get(loop)
+    if found is None:
+        found = _services[loop] = ChatService()
+    return found
+
+
+def services() -> list[tuple[asyncio.AbstractEventLoop, ChatService]]:
+    """Every loop's service, for code that runs outside them (a logout's signal)."""
+    return list(_services.items())
