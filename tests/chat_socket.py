@@ -12,7 +12,12 @@ from chatsite.asgi import application
 
 class ChatSocket:
     def __init__(
-        self, conversation_id: Any, *, cookie: str | None, origin: str = "http://localhost"
+        self,
+        conversation_id: Any,
+        *,
+        cookie: str | None,
+        origin: str = "http://localhost",
+        frame_timeout: float = 10,
     ) -> None:
         headers = [(b"origin", origin.encode())]
         if cookie:
@@ -22,13 +27,17 @@ class ChatSocket:
         self.connected = False
         self.close_code: int | None = None
         self.state: dict[str, Any] | None = None
+        # How long to wait for the app at each step, as a browser's socket would: the
+        # communicator needs it to stop the app when it runs out, so it is not left to an
+        # `asyncio.timeout` around the call.
+        self.frame_timeout = frame_timeout
 
-    async def connect(self, timeout: float = 5) -> None:
+    async def connect(self) -> None:
         """Connect; `connected` and `close_code` (a refusal) or `state` say how it went."""
-        connected, _ = await self.communicator.connect(timeout=timeout)
+        connected, _ = await self.communicator.connect(timeout=self.frame_timeout)
         if not connected:
             return
-        first = await self.communicator.receive_output(timeout)
+        first = await self.communicator.receive_output(self.frame_timeout)
         if first["type"] == "websocket.close":
             self.close_code = first.get("code")
             return
@@ -42,14 +51,14 @@ class ChatSocket:
     async def send_text(self, text: str) -> None:
         await self.communicator.send_to(text_data=text)
 
-    async def receive(self, timeout: float = 5) -> dict[str, Any]:
-        return self._decode(await self.communicator.receive_output(timeout))
+    async def receive(self) -> dict[str, Any]:
+        return self._decode(await self.communicator.receive_output(self.frame_timeout))
 
-    async def receive_until(self, kind: str, timeout: float = 10) -> list[dict[str, Any]]:
+    async def receive_until(self, kind: str) -> list[dict[str, Any]]:
         """Every frame up to and including the first of type `kind`."""
         frames = []
         while True:
-            frame = await self.receive(timeout)
+            frame = await self.receive()
             frames.append(frame)
             if frame["type"] == kind:
                 return frames

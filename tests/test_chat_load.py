@@ -22,7 +22,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 async def chat_once(socket: ChatSocket, content: str) -> dict[str, Any]:
     await socket.send(type="send", content=content, client_msg_id=str(uuid.uuid4()))
-    return (await socket.receive_until("done", timeout=30))[-1]
+    return (await socket.receive_until("done"))[-1]
 
 
 async def test_fifty_chats_at_once_take_about_as_long_as_one(llm, user, login_cookie):
@@ -32,7 +32,7 @@ async def test_fifty_chats_at_once_take_about_as_long_as_one(llm, user, login_co
         [Conversation(owner=user, model="test-model") for _ in range(51)]
     )
     cookie = await login_cookie(user)
-    sockets = [ChatSocket(c.id, cookie=cookie) for c in conversations]
+    sockets = [ChatSocket(c.id, cookie=cookie, frame_timeout=30) for c in conversations]
     await asyncio.gather(*(socket.connect() for socket in sockets))
     try:
         started = time.monotonic()
@@ -91,7 +91,7 @@ def writes(queries: list[str]) -> list[str]:
 
 
 async def test_reply_writes_do_not_grow_with_tokens(llm, user, conversation, login_cookie):
-    socket = ChatSocket(conversation.id, cookie=await login_cookie(user))
+    socket = ChatSocket(conversation.id, cookie=await login_cookie(user), frame_timeout=30)
     await socket.connect()
     try:
         llm.behaviour = Behaviour(tokens=50)
