@@ -1,9 +1,8 @@
-"""The JSON API: async views over the logged-in user's own conversations.
+"""The JSON and SSE API (DESIGN.md section 4), on django-ninja.
 
-Each route is one view that dispatches by method to a handler called as
-``handler(request, user, **url_kwargs)`` once the user is known to be logged in. Handlers
-raise ``ApiError`` for anything the client got wrong; the view turns it into the JSON
-error shape of DESIGN.md section 4.
+The views are adapters: they read the request, know who asks (`chat.api_auth`), call the
+chat service and translate what it answers or refuses. Every error is JSON
+`{"error": {"code", "detail"}}`; the OpenAPI document is at /api/openapi.json.
 """
 
 from __future__ import annotations
@@ -11,52 +10,57 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from collections.abc import Callable, Coroutine, Mapping
+import logging
+from collections.abc import Awaitable, Callable
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any, Literal
 from uuid import UUID
 
-from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.contrib import auth
-from django.contrib.auth.models import AnonymousUser
-from django.db.models import Exists, OuterRef, Q, QuerySet
-from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.views import csrf
+from ninja import HeaderEx, NinjaAPI, P, Query, QueryEx, Schema, Status
+from ninja.errors import HttpError, ValidationError
+from pydantic import Field
 
-from chat import chats
-from chat.batching import Batcher
+from chat import exports, sse
+from chat.api_auth import AUTH, CsrfFailed
+from chat.api_schemas import (
+    ConversationChange,
+    ConversationIn,
+    ConversationOut,
+    ConversationPage,
+    ErrorOut,
+    MessageIn,
+    ModelsOut,
+    SentOut,
+    TranscriptFile,
+    TranscriptOut,
+)
+from chat.chats import Started, default_model, service
+from chat.conversation_store import Position
 from chat.models import Conversation, Message
-from chat.refusals import Refused
+from chat.refusals import STATUS, Refused
 from chat.serializers import conversation_json, message_json
 
-if TYPE_CHECKING:
-    # The project keeps Django's user model (no AUTH_USER_MODEL); typing only.
-    from django.contrib.auth.models import User
+logger = logging.getLogger(__name__)
 
 PAGE_SIZE = 20
 MAX_PAGE_SIZE = 100
-MAX_TITLE_LENGTH = 200  # Conversation.title's max_length
-WRITABLE_FIELDS = frozenset({"title", "model", "system_prompt"})
 
-Handler = Callable[..., Coroutine[Any, Any, HttpResponse]]
-View = Callable[..., Coroutine[Any, Any, HttpResponse]]
+api = NinjaAPI(
+    title="Chat API",
+    version="1",
+    description="Conversations with a language model; replies stream as server-sent events.",
+    urls_namespace="api",
+    auth=AUTH,
+    # Swagger UI needs ninja's static files ("ninja" in INSTALLED_APPS) to pass the CSP;
+    # the document itself is enough for clients and generators.
+    docs_url=None,
+)
 
 
-# --- Errors and plumbing -------------------------------------------------------------------
-
-
-class ApiError(Exception):
-    """A request the API refuses, with the status and code the client sees."""
-
-    def __init__(self, status: int, code: str, detail: str) -> None:
-        super().__init__(detail)
-        self.status = status
-        self.code = code
-        self.detail = detail
-
-    def response(self) -> JsonResponse:
-        return error_response(self.status, self.code, self.detail)
+# --- Errors ---------------------------------------------------------------------------------
 
 
 def error_response(status: int, code: str, detail: str) -> JsonResponse:
@@ -72,121 +76,62 @@ def csrf_failure(request: HttpRequest, reason: str = "") -> HttpResponse:
     return csrf.csrf_failure(request, reason)
 
 
-def bad_request(detail: str) -> ApiError:
-    return ApiError(400, "bad_request", detail)
+@api.exception_handler(Refused)
+def refused(request: HttpRequest, exc: Refused) -> HttpResponse:
+    response = error_response(STATUS.get(exc.code, 400), exc.code, exc.detail)
+    if exc.retry_after is not None:
+        response["Retry-After"] = str(exc.retry_after)
+    return response
 
 
-def not_found() -> ApiError:
-    # One message for "missing" and "not yours", so ids of others' conversations leak nothing.
-    return ApiError(404, "not_found", "No such conversation.")
+@api.exception_handler(ValidationError)
+def invalid(request: HttpRequest, exc: ValidationError) -> HttpResponse:
+    """ninja's 422: a 400 like every other input the API refuses."""
+    problems = []
+    for error in exc.errors:
+        where = ".".join(str(part) for part in error.get("loc", ()))
+        problems.append(f"{where}: {error.get('msg', 'invalid')}")
+    return error_response(400, "bad_request", "; ".join(problems) or "Invalid input.")
 
 
-def api_view(handlers: Mapping[str, Handler]) -> View:
-    """A view that checks the method, then the login, then runs the method's handler."""
-    allowed = ", ".join(sorted(handlers))
-
-    async def view(request: HttpRequest, **kwargs: Any) -> HttpResponse:
-        handler = handlers.get(request.method or "")
-        if handler is None:
-            response = error_response(405, "method_not_allowed", f"Allowed: {allowed}.")
-            response["Allow"] = allowed
-            return response
-        user = await request_user(request)
-        if not user.is_authenticated:
-            return error_response(401, "unauthorized", "Log in to use the API.")
-        try:
-            return await handler(request, user, **kwargs)
-        except ApiError as error:
-            return error.response()
-
-    return view
+@api.exception_handler(HttpError)
+def http_error(request: HttpRequest, exc: HttpError) -> HttpResponse:
+    if exc.status_code == 401:
+        detail = "Log in, or send a personal token as 'Authorization: Bearer <token>'."
+        return error_response(401, "unauthorized", detail)
+    if exc.status_code == 400:
+        return error_response(400, "bad_request", "The body is not valid JSON.")
+    return error_response(exc.status_code, "error", str(exc))
 
 
-async def request_user(request: HttpRequest) -> User | AnonymousUser:
-    """The logged-in user. Requests that arrive together are looked up in one trip to the
-    ORM thread, where `request.auser()` takes one per cache and database read."""
-    user = await _users.submit(request)
-    request.user = user  # `request.user` would look again, synchronously
-    return user
+@api.exception_handler(CsrfFailed)
+def csrf_failed(request: HttpRequest, exc: CsrfFailed) -> HttpResponse:
+    return exc.response
 
 
-def _users_of(requests: list[HttpRequest]) -> list[User | AnonymousUser | Exception]:
-    """Django's `auth.get_user` for each request: the session's user, if it exists, is
-    active, and has not changed their password since."""
-    users: list[User | AnonymousUser | Exception] = []
-    for request in requests:
-        try:
-            users.append(auth.get_user(request))
-        except Exception as exc:  # that request's failure, not the others'
-            users.append(exc)
-    return users
+@api.exception_handler(Http404)
+def not_found(request: HttpRequest, exc: Http404) -> HttpResponse:
+    return error_response(404, "not_found", "Not found.")
 
 
-_users: Batcher[HttpRequest, User | AnonymousUser] = Batcher(sync_to_async(_users_of))
+@api.exception_handler(Exception)
+def crashed(request: HttpRequest, exc: Exception) -> HttpResponse:
+    logger.error("API request %s %s failed", request.method, request.path, exc_info=exc)
+    return error_response(500, "internal_error", "Something broke on our side.")
 
 
-def read_json_object(request: HttpRequest) -> dict[str, Any]:
-    """The body as a JSON object; an empty body counts as ``{}``."""
-    # ASGI requests are spooled before the view runs, so reading the body does not block.
-    if not request.body:
-        return {}
-    try:
-        data = json.loads(request.body)
-    except (ValueError, RecursionError):
-        raise bad_request("The body is not valid JSON.") from None
-    if not isinstance(data, dict):
-        raise bad_request("The body must be a JSON object.")
-    return data
+def answers(ok: dict[int, Any], *errors: int) -> dict[int, Any]:
+    """A route's responses: its own, the errors every route may answer, and `errors`."""
+    return {**ok, **dict.fromkeys((400, 401, *errors), ErrorOut)}
 
 
-async def owned_conversation(user: User, conversation_id: UUID) -> Conversation:
-    try:
-        return await Conversation.objects.aget(pk=conversation_id, owner=user)
-    except Conversation.DoesNotExist:
-        raise not_found() from None
+def user_id(request: HttpRequest) -> int:
+    pk: int = request.auth.pk  # type: ignore[attr-defined]  # set by chat.api_auth
+    return pk
 
 
-def default_model() -> str:
-    model: str = settings.CHAT_MODELS[0]
-    return model
-
-
-# --- Input ---------------------------------------------------------------------------------
-
-
-def conversation_fields(data: dict[str, Any]) -> dict[str, str]:
-    """The writable fields present in ``data``, checked; unknown ones are refused so typos show."""
-    unknown = set(data) - WRITABLE_FIELDS
-    if unknown:
-        raise bad_request(f"Unknown fields: {', '.join(sorted(unknown))}.")
-    for name, value in data.items():
-        if not isinstance(value, str):
-            raise bad_request(f"'{name}' must be a string.")
-    fields: dict[str, str] = dict(data)
-    if "title" in fields:
-        fields["title"] = fields["title"].strip()
-        if len(fields["title"]) > MAX_TITLE_LENGTH:
-            raise bad_request(f"'title' is longer than {MAX_TITLE_LENGTH} characters.")
-    if "model" in fields and fields["model"] not in settings.CHAT_MODELS:
-        raise bad_request(f"Unknown model; offered: {', '.join(settings.CHAT_MODELS)}.")
-    return fields
-
-
-def page_size(value: str | None) -> int:
-    if value is None:
-        return PAGE_SIZE
-    try:
-        limit = int(value)
-    except ValueError:
-        raise bad_request("'limit' must be an integer.") from None
-    if not 1 <= limit <= MAX_PAGE_SIZE:
-        raise bad_request(f"'limit' must be between 1 and {MAX_PAGE_SIZE}.")
-    return limit
-
-
-# --- Cursor pagination ---------------------------------------------------------------------
-# The cursor is the last row's (updated_at, id): unlike an offset it stays correct while
-# conversations are created and bumped between pages. Base64 keeps clients from building one.
+# --- Cursor pagination ----------------------------------------------------------------------
+# The cursor is the last row's (updated_at, id), in base64 so that clients do not build one.
 
 
 def encode_cursor(conversation: Conversation) -> str:
@@ -194,8 +139,8 @@ def encode_cursor(conversation: Conversation) -> str:
     return base64.urlsafe_b64encode(position.encode()).decode().rstrip("=")
 
 
-def decode_cursor(cursor: str) -> tuple[datetime, UUID]:
-    invalid = bad_request("'cursor' is not one this API gave out.")
+def decode_cursor(cursor: str) -> Position:
+    invalid = Refused("bad_request", "'cursor' is not one this API gave out.")
     try:
         position = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
     except (binascii.Error, ValueError):
@@ -214,60 +159,185 @@ def decode_cursor(cursor: str) -> tuple[datetime, UUID]:
     return updated_at, pk
 
 
-def after_cursor(
-    conversations: QuerySet[Conversation], position: tuple[datetime, UUID]
-) -> QuerySet[Conversation]:
-    updated_at, pk = position
-    return conversations.filter(Q(updated_at__lt=updated_at) | Q(updated_at=updated_at, pk__lt=pk))
+class ListFilters(Schema):
+    limit: int = Field(PAGE_SIZE, ge=1, le=MAX_PAGE_SIZE)
+    cursor: str | None = Field(None, description="`next` of the page before.")
+    q: str = Field("", description="Searches titles and message text.")
 
 
-def matching(conversations: QuerySet[Conversation], text: str) -> QuerySet[Conversation]:
-    # EXISTS rather than a join on messages: one row per conversation, no DISTINCT needed.
-    mentions = Message.objects.filter(conversation=OuterRef("pk"), content__icontains=text)
-    return conversations.filter(Q(title__icontains=text) | Exists(mentions))
+# --- Conversations --------------------------------------------------------------------------
 
 
-# --- Handlers ------------------------------------------------------------------------------
-
-
-async def list_conversations(request: HttpRequest, user: User) -> HttpResponse:
-    """Newest first; ``next`` goes back as ``?cursor=`` with the same ``q`` and ``limit``."""
-    limit = page_size(request.GET.get("limit"))
-    conversations = Conversation.objects.filter(owner=user).order_by("-updated_at", "-pk")
-    if cursor := request.GET.get("cursor"):
-        conversations = after_cursor(conversations, decode_cursor(cursor))
-    if text := request.GET.get("q", "").strip():
-        conversations = matching(conversations, text)
+@api.get("/conversations/", response=answers({200: ConversationPage}))
+async def list_conversations(request: HttpRequest, filters: Query[ListFilters]) -> Any:
+    """The user's conversations, newest first; `next` goes back as `cursor`, with the same
+    `q` and `limit`."""
+    after = decode_cursor(filters.cursor) if filters.cursor else None
     # One row past the page says whether there is a next page, without a COUNT.
-    rows = [conversation async for conversation in conversations[: limit + 1]]
-    page = rows[:limit]
-    next_cursor = encode_cursor(page[-1]) if len(rows) > limit else None
-    return JsonResponse({"results": [conversation_json(c) for c in page], "next": next_cursor})
+    rows = await service().conversations(
+        user_id(request), after=after, text=filters.q, limit=filters.limit + 1
+    )
+    page = rows[: filters.limit]
+    next_cursor = encode_cursor(page[-1]) if len(rows) > filters.limit else None
+    return {"results": [conversation_json(c) for c in page], "next": next_cursor}
 
 
-async def create_conversation(request: HttpRequest, user: User) -> HttpResponse:
-    fields = conversation_fields(read_json_object(request))
+@api.post("/conversations/", response=answers({201: ConversationOut}, 403, 413))
+async def create_conversation(
+    request: HttpRequest, conversation: ConversationIn | None = None
+) -> Any:
+    """Start a conversation; every field may be left out."""
+    fields = conversation.model_dump() if conversation is not None else {}
+    created = await service().create(user_id(request), **fields)
+    return Status(201, conversation_json(created))
+
+
+@api.get("/conversations/{uuid:conversation_id}/", response=answers({200: TranscriptOut}, 404))
+async def get_conversation(request: HttpRequest, conversation_id: UUID) -> Any:
+    """The conversation with all its messages, oldest first."""
+    state = await service().transcript(user_id(request), conversation_id)
+    messages = [message_json(m) for m in state.messages]
+    return {**conversation_json(state.conversation), "messages": messages}
+
+
+@api.patch(
+    "/conversations/{uuid:conversation_id}/",
+    response=answers({200: ConversationOut}, 403, 404, 413),
+)
+async def change_conversation(
+    request: HttpRequest, conversation_id: UUID, change: ConversationChange
+) -> Any:
+    """Change the title, model or system prompt; open tabs are told."""
+    fields = change.model_dump(exclude_unset=True)
+    changed = await service().update(user_id(request), conversation_id, **fields)
+    return conversation_json(changed)
+
+
+@api.delete("/conversations/{uuid:conversation_id}/", response=answers({204: None}, 403, 404))
+async def delete_conversation(request: HttpRequest, conversation_id: UUID) -> Any:
+    """Delete the conversation, stopping its reply first."""
+    await service().delete(user_id(request), conversation_id)
+    return Status(204, None)
+
+
+@api.get("/models/", response=answers({200: ModelsOut}))
+async def list_models(request: HttpRequest) -> Any:
+    """The models a conversation may use; `default` is the one it gets unless it names one."""
+    return {"models": list(settings.CHAT_MODELS), "default": default_model()}
+
+
+# --- Replies --------------------------------------------------------------------------------
+
+EVENT_STREAM = {"content": {sse.CONTENT_TYPE: {"schema": {"type": "string"}}}}
+
+
+@api.post(
+    "/conversations/{uuid:conversation_id}/messages/",
+    response=answers({200: SentOut, 201: SentOut}, 403, 404, 409, 413, 429),
+    openapi_extra={"responses": {200: EVENT_STREAM}},
+)
+async def send_message(request: HttpRequest, conversation_id: UUID, message: MessageIn) -> Any:
+    """Post a user message and answer it. With `Accept: text/event-stream` the reply
+    streams as server-sent events (200); otherwise the view waits for the whole reply
+    (201). A retried `client_msg_id` posts nothing: 200 with no reply, or the stream of
+    the reply that runs."""
+    uid = user_id(request)
+
+    def start() -> Awaitable[Started]:
+        return service().send(uid, conversation_id, message.content, message.client_msg_id)
+
+    return await answer_reply(request, conversation_id, start)
+
+
+@api.post(
+    "/conversations/{uuid:conversation_id}/regenerate/",
+    response=answers({201: SentOut}, 403, 404, 409, 429),
+    openapi_extra={"responses": {200: {"description": "The reply's events", **EVENT_STREAM}}},
+)
+async def regenerate(request: HttpRequest, conversation_id: UUID) -> Any:
+    """Replace the last reply with a new one; answered like messages/."""
+    uid = user_id(request)
+    return await answer_reply(
+        request, conversation_id, lambda: service().regenerate(uid, conversation_id)
+    )
+
+
+async def answer_reply(
+    request: HttpRequest, conversation_id: UUID, start: Callable[[], Awaitable[Started]]
+) -> Any:
+    if not sse.wants_events(request.headers.get("Accept", "")):
+        started = await start()
+        assistant = await service().finished(started)
+        body = {
+            "user_message": _json_or_none(started.user_message),
+            "assistant_message": _json_or_none(assistant),
+        }
+        return Status(201 if started.reply is not None else 200, body)
+    # Watch first, so that no frame of the reply is missed; a refusal is still JSON.
+    queue = sse.EventQueue()
+    attachment = service().watch(conversation_id, queue)
     try:
-        conversation = await chats.service().create(user.pk, **fields)
-    except Refused as refused:
-        raise ApiError(400, refused.code, refused.detail) from None
-    return JsonResponse(conversation_json(conversation), status=201)
+        started = await start()
+    except BaseException:
+        attachment.detach()
+        raise
+    if started.reply is None or started.assistant_message is None:
+        attachment.detach()  # a retry: follow the reply that runs, if one does
+        return await follow_reply(request, conversation_id, None)
+    last = sse.done_of(str(started.assistant_message.id))
+    return sse.event_stream(queue, attachment, last)
 
 
-async def conversation_detail(
-    request: HttpRequest, user: User, conversation_id: UUID
+def _json_or_none(message: Message | None) -> dict[str, Any] | None:
+    return message_json(message) if message is not None else None
+
+
+@api.get(
+    "/conversations/{uuid:conversation_id}/events/",
+    response=answers({200: None}, 404),
+    openapi_extra={"responses": {200: {"description": "The reply's events", **EVENT_STREAM}}},
+)
+async def follow_events(
+    request: HttpRequest,
+    conversation_id: UUID,
+    after: QueryEx[int | None, P(ge=0, description="The `id` of the last event seen.")] = None,
+    last_event_id: HeaderEx[int | None, P(alias="Last-Event-ID", ge=0)] = None,
+) -> Any:
+    """Reattach to the running reply: its deltas after `Last-Event-ID` (or `after`), or a
+    `state` event when neither is given, then its events up to `done`. With no reply
+    running, one `state` event."""
+    seen = last_event_id if last_event_id is not None else after
+    return await follow_reply(request, conversation_id, seen)
+
+
+async def follow_reply(
+    request: HttpRequest, conversation_id: UUID, after: int | None
+) -> StreamingHttpResponse:
+    queue = sse.EventQueue()
+    attachment = await service().follow(user_id(request), conversation_id, queue, after=after)
+    return sse.event_stream(queue, attachment, sse.any_done)
+
+
+@api.post("/conversations/{uuid:conversation_id}/stop/", response=answers({202: None}, 403, 404))
+async def stop(request: HttpRequest, conversation_id: UUID) -> Any:
+    """Stop the running reply, if any; it ends `stopped`, with the text it had."""
+    await service().stop(user_id(request), conversation_id)
+    return Status(202, None)
+
+
+# --- Export ---------------------------------------------------------------------------------
+
+
+@api.get(
+    "/conversations/{uuid:conversation_id}/export/",
+    response=answers({200: TranscriptFile}, 404),
+    openapi_extra={
+        "responses": {200: {"content": {"text/markdown": {"schema": {"type": "string"}}}}}
+    },
+)
+async def export(
+    request: HttpRequest, conversation_id: UUID, format: Literal["md", "json"] = "md"
 ) -> HttpResponse:
-    conversation = await owned_conversation(user, conversation_id)
-    messages = [message_json(m) async for m in conversation.messages.order_by("created_at")]
-    return JsonResponse({**conversation_json(conversation), "messages": messages})
-
-
-async def list_models(request: HttpRequest, user: User) -> HttpResponse:
-    return JsonResponse({"models": list(settings.CHAT_MODELS), "default": default_model()})
-
-
-# --- Views (routed in chat/api_urls.py) ----------------------------------------------------
-
-conversations_view = api_view({"GET": list_conversations, "POST": create_conversation})
-conversation_view = api_view({"GET": conversation_detail})
-models_view = api_view({"GET": list_models})
+    """The whole transcript as a file to download: Markdown or JSON."""
+    state = await service().transcript(user_id(request), conversation_id)
+    return exports.export_response(state, format)

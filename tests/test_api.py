@@ -180,7 +180,6 @@ def test_create_title_of_max_length_is_accepted(logged_in):
         pytest.param({"model": None}, id="model-null"),
         pytest.param({"system_prompt": ["a"]}, id="prompt-not-string"),
         pytest.param({"model": "gpt-99"}, id="unknown-model"),
-        pytest.param({"title": "x" * 201}, id="title-too-long"),
         pytest.param({"titel": "typo"}, id="unknown-field"),
     ],
 )
@@ -188,6 +187,14 @@ def test_create_bad_input_is_400(logged_in, body):
     response = post_json(logged_in, LIST_URL, body)
 
     assert_error(response, 400, "bad_request")
+    assert not Conversation.objects.exists()
+
+
+@pytest.mark.django_db
+def test_create_title_too_long_is_413(logged_in):
+    response = post_json(logged_in, LIST_URL, {"title": "x" * 201})
+
+    assert_error(response, 413, "too_long")
     assert not Conversation.objects.exists()
 
 
