@@ -182,8 +182,16 @@ class Reply:
     _parts: list[str] = field(default_factory=list, repr=False)
 
 
-async def read_reply(chat: Chat, sent: asyncio.Future[float], timeout: float) -> Reply:
-    """Read frames until `done`, an error frame, a closed socket or `timeout`."""
+async def read_reply(
+    chat: Chat,
+    sent: asyncio.Future[float],
+    timeout: float,  # noqa: ASYNC109 - a late reply is recorded as its error, not raised
+) -> Reply:
+    """Read frames until `done`, an error frame, a closed socket or `timeout`.
+
+    The timeout is the reader's own, not an `asyncio.timeout` around the call: a reply that
+    runs out of time is a result to report beside the others, not an error for the caller.
+    """
     reply = Reply(chat.endpoint.conversation_id)
     last: float | None = None  # the last frame's arrival, from the first delta on
     try:
@@ -229,7 +237,10 @@ def _take(reply: Reply, frame: dict[str, Any], now: float) -> None:
         reply.error = f"error frame: {frame.get('code')}"
 
 
-async def chat_at_once(chats: Sequence[Chat], timeout: float) -> tuple[float, list[Reply]]:
+async def chat_at_once(
+    chats: Sequence[Chat],
+    timeout: float,  # noqa: ASYNC109 - each reader's own (read_reply)
+) -> tuple[float, list[Reply]]:
     """Every chat sends one message at the same instant; the wall time until the last `done`.
 
     The readers wait before anything is sent, so that each frame is timed as it arrives.

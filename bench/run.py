@@ -210,7 +210,7 @@ async def set_up_all(
 
 async def reply_all(
     sockets: list[chats.Chat],
-    timeout: float,
+    timeout: float,  # noqa: ASYNC109 - each reader's own (chats.read_reply)
     expected: str,
     probe: Probe,
     model: Child,
