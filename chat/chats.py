@@ -31,6 +31,7 @@ from chat.models import Conversation, Message
 from chat.persistence import ReplyPlan, State
 from chat.replies import Replies, Reply
 from chat.serializers import conversation_json, message_json
+from chat.text import storable
 from chat.watchers import Frame, Held, Watcher, Watchers
 
 logger = logging.getLogger(__name__)
@@ -368,6 +369,7 @@ class ChatService:
 
 
 def checked_content(content: str) -> str:
+    content = storable(content)
     if not content.strip():
         raise refusals.bad_request("'content' must be a non-empty string.")
     if len(content) > settings.CHAT_MAX_INPUT_CHARS:
@@ -377,7 +379,7 @@ def checked_content(content: str) -> str:
 
 def checked_fields(**fields: str) -> dict[str, str]:
     """Title, model and system prompt as they may be stored, or a refusal."""
-    checked = dict(fields)
+    checked = {name: storable(value) for name, value in fields.items()}
     if "title" in checked:
         checked["title"] = checked["title"].strip()
         if len(checked["title"]) > MAX_TITLE_LENGTH:

@@ -182,7 +182,10 @@ def session_cookie(scope: dict[str, Any]) -> str | None:
     the scope of every open socket."""
     for name, value in scope["headers"]:
         if name == b"cookie":
-            return parse_cookie(value.decode("latin1")).get(settings.SESSION_COOKIE_NAME)
+            key = parse_cookie(value.decode("latin1")).get(settings.SESSION_COOKIE_NAME)
+            # Django's session keys are lowercase letters and digits; anything else (a NUL
+            # that the database would refuse) is no session, answered without a query.
+            return key if key and key.isascii() and key.isalnum() else None
     return None
 
 

@@ -14,7 +14,6 @@ from typing import Any, ParamSpec, TypeVar, cast
 from uuid import UUID
 
 from asgiref.sync import sync_to_async
-
 from django.db.models import Exists, OuterRef, Q, QuerySet
 from django.utils import timezone
 

@@ -431,19 +431,26 @@ class _Limits:
 
 
 @db_step
-def checkpoint(contents: dict[UUID, str], alive: list[UUID]) -> None:
+def checkpoint(contents: dict[UUID, str], alive: list[UUID]) -> set[UUID]:
     """Save the partial texts of streaming replies (one transaction for all), so that a
     crash loses at most a checkpoint interval of them; and mark the `alive` ones as still
     running, so other processes do not take them for orphans. A reply that ended
-    meanwhile is not `streaming` any more, and keeps its final text. Raises if the
-    transaction fails: the caller keeps the texts for the next checkpoint."""
+    meanwhile is not `streaming` any more, and keeps its final text.
+
+    One transaction for all; if it fails, one for each, so that one reply the database
+    refuses costs the others nothing. Returns the replies whose text was not saved."""
     now = timezone.now()
     streaming = Message.Status.STREAMING
-    with transaction.atomic():
-        rows = [(content, now, message_id) for message_id, content in contents.items()]
+
+    def save(rows: list[tuple[str, datetime, UUID]]) -> list[None]:
         update_rows(Message, ["content", "updated_at"], rows, only_if={"status": streaming})
-        if alive:
-            Message.objects.filter(pk__in=alive, status=streaming).update(updated_at=now)
+        return [None] * len(rows)
+
+    rows = [(content, now, message_id) for message_id, content in contents.items()]
+    results = together_or_each(rows, save) if rows else []
+    if alive:
+        Message.objects.filter(pk__in=alive, status=streaming).update(updated_at=now)
+    return {row[2] for row, result in zip(rows, results, strict=True) if result is not None}
 
 
 @dataclass(frozen=True)

@@ -24,11 +24,16 @@ from chat.batching import Batcher
 from chat.clock import Clock
 from chat.crossprocess import CrossProcess
 from chat.models import Message
+from chat.text import storable
 from chat.watchers import Frame, Watchers
 
 logger = logging.getLogger(__name__)
 
 Status = Message.Status
+
+# Seconds between tries of a final write that failed: doubling up to the longest.
+FINAL_WRITE_FIRST_RETRY = 0.5
+FINAL_WRITE_LONGEST_RETRY = 10.0
 
 
 class Reply:
@@ -155,7 +160,7 @@ class Reply:
             return  # nothing new, or a send in progress: the next tick takes it
         self._flushing = True
         try:
-            text = "".join(self._pending)
+            text = storable("".join(self._pending))
             self._pending.clear()
             self.seq += 1
             self._sent.append(text)
@@ -165,6 +170,22 @@ class Reply:
             )
         finally:
             self._flushing = False
+
+    async def _save(self, final: persistence.Final) -> None:
+        """The final write, tried again until the database takes it. Meanwhile the reply
+        stays registered, its text in memory: tabs that open see it as still running (it
+        is not saved yet), and it cannot be taken for an orphan and settled."""
+        delay = FINAL_WRITE_FIRST_RETRY
+        while True:
+            try:
+                await self.replies.finish(final)
+                return
+            except Exception:
+                logger.exception(
+                    "saving reply %s failed; trying again in %.1f s", self.message_id, delay
+                )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, FINAL_WRITE_LONGEST_RETRY)
 
     def _delta(self, seq: int, text: str) -> Frame:
         return {"type": "delta", "message_id": str(self.message_id), "seq": seq, "text": text}
@@ -187,12 +208,7 @@ class Reply:
                 error.code if error else "",
                 error.detail if error else "",
             )
-            try:
-                await self.replies.finish(final)
-            except Exception:
-                # The tabs still learn how it ended; the row keeps its last checkpoint and
-                # is settled as `interrupted` when the conversation is next opened.
-                logger.exception("saving reply %s failed", self.message_id)
+            await self._save(final)
             self.done = {
                 "type": "done",
                 "message_id": str(self.message_id),
@@ -321,8 +337,12 @@ class Replies:
                 # Other processes judge a reply stale by its last save: one waiting for the
                 # model's first token (or for its turn) must still look alive to them.
                 alive.append(reply.message_id)
-        if saves or alive:
-            await persistence.checkpoint(saves, alive)
+        if not saves and not alive:
+            return
+        failed = await persistence.checkpoint(saves, alive)
         # Only a save that succeeded counts: a failed one is tried again next time.
-        for reply, seq in seqs.values():
-            reply.checkpointed_seq = max(reply.checkpointed_seq, seq)
+        for message_id, (reply, seq) in seqs.items():
+            if message_id not in failed:
+                reply.checkpointed_seq = max(reply.checkpointed_seq, seq)
+        if failed:
+            logger.error("saving the partial text of %d replies failed", len(failed))

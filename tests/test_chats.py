@@ -10,7 +10,7 @@ from asgiref.sync import sync_to_async
 from django.db import connection
 
 from chat import chats
-from chat.models import Message
+from chat.models import Message, UsageRecord
 from chat.refusals import Refused
 from tests.llm_server import Behaviour, expected_text
 from tests.polling import wait_until
@@ -30,8 +30,8 @@ class Recorder:
     def of_type(self, kind: str) -> list[dict[str, Any]]:
         return [frame for frame in self.frames if frame["type"] == kind]
 
-    async def until(self, kind: str, timeout: float = 5) -> dict[str, Any]:
-        async with asyncio.timeout(timeout):
+    async def until(self, kind: str) -> dict[str, Any]:
+        async with asyncio.timeout(5):
             await wait_until(lambda: bool(self.of_type(kind)))
         return self.of_type(kind)[-1]
 
@@ -232,13 +232,28 @@ async def test_a_send_the_database_refuses_is_an_internal_error_on_the_socket(
     assert done["status"] == "complete"
 
 
-async def test_a_final_write_the_database_refuses_still_ends_the_reply_for_its_tabs(
+async def test_a_final_write_the_database_refuses_is_tried_until_it_is_saved(
     llm, user, conversation, open_socket, database_refusing, caplog
 ):
+    """Until the final write is saved the reply stays running here (a tab that opens
+    sees it streaming, nobody settles it); then its tabs get `done` and the quota counts
+    its tokens."""
     llm.behaviour = Behaviour(tokens=5)
     await sync_to_async(database_refusing)("UPDATE", "NEW.status <> 'streaming'")
     socket = await open_socket(user, conversation.id)
     await socket.send(type="send", content="Hello")
+    async with asyncio.timeout(5):
+        await wait_until(lambda: any("saving reply" in r.getMessage() for r in caplog.records))
+    reply = chats.service().replies.running(conversation.id)
+    assert reply is not None and reply.done is None
+    second_tab = await open_socket(user, conversation.id)
+    assert second_tab.state["streaming"]["content"] == expected_text(5)
+
+    await sync_to_async(allow_writes)()
     done = (await socket.receive_until("done"))[-1]
+
     assert (done["status"], done["content"]) == ("complete", expected_text(5))
-    assert any("saving reply" in r.getMessage() and r.exc_info for r in caplog.records)
+    stored = await Message.objects.aget(pk=done["message_id"])
+    assert (stored.status, stored.content) == ("complete", expected_text(5))
+    record = await UsageRecord.objects.aget(message_id=stored.pk)
+    assert stored.total_tokens and record.total_tokens == stored.total_tokens

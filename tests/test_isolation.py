@@ -1,0 +1,189 @@
+"""One item's failure stays with that item: a poisoned item in each kind of batch (socket
+openings, sends, checkpoints, final writes) fails alone, and the others are served.
+
+The poison is real: text the database refuses (a trigger), or a NUL character, which
+PostgreSQL refuses in text and which the app replaces where text comes in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from asgiref.sync import sync_to_async
+from django.conf import settings as django_settings
+from django.db import connection
+
+from chat import chats
+from chat.models import Message
+from tests.chat_socket import ChatSocket
+from tests.llm_server import Behaviour, expected_text
+from tests.polling import wait_until
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+POISON = "poison"
+
+
+def refuse_updates(when: str) -> None:
+    """A trigger that makes the database refuse updates of messages `when` holds."""
+    with connection.cursor() as cursor:
+        if connection.vendor == "sqlite":
+            cursor.execute(
+                f"CREATE TRIGGER refuse BEFORE UPDATE ON chat_message WHEN {when} "
+                "BEGIN SELECT RAISE(ABORT, 'refused by the test'); END"
+            )
+        else:
+            cursor.execute(
+                "CREATE OR REPLACE FUNCTION refuse() RETURNS trigger AS $$ BEGIN "
+                "RAISE EXCEPTION 'refused by the test'; END $$ LANGUAGE plpgsql"
+            )
+            cursor.execute(
+                "CREATE TRIGGER refuse BEFORE UPDATE ON chat_message FOR EACH ROW "
+                f"WHEN ({when}) EXECUTE FUNCTION refuse()"
+            )
+
+
+def refuse_inserts_of(content: str) -> None:
+    with connection.cursor() as cursor:
+        if connection.vendor == "sqlite":
+            cursor.execute(
+                "CREATE TRIGGER refuse BEFORE INSERT ON chat_message "
+                f"WHEN NEW.content = '{content}' "
+                "BEGIN SELECT RAISE(ABORT, 'refused by the test'); END"
+            )
+        else:
+            cursor.execute(
+                "CREATE OR REPLACE FUNCTION refuse() RETURNS trigger AS $$ BEGIN "
+                "RAISE EXCEPTION 'refused by the test'; END $$ LANGUAGE plpgsql"
+            )
+            cursor.execute(
+                "CREATE TRIGGER refuse BEFORE INSERT ON chat_message FOR EACH ROW "
+                f"WHEN (NEW.content = '{content}') EXECUTE FUNCTION refuse()"
+            )
+
+
+def allow_writes() -> None:
+    with connection.cursor() as cursor:
+        if connection.vendor == "sqlite":
+            cursor.execute("DROP TRIGGER IF EXISTS refuse")
+        else:
+            cursor.execute("DROP TRIGGER IF EXISTS refuse ON chat_message")
+
+
+@pytest.fixture
+async def triggers():
+    yield
+    await sync_to_async(allow_writes)()
+
+
+@pytest.fixture
+async def conversations(user, make_conversation):
+    return [await sync_to_async(make_conversation)(user) for _ in range(3)]
+
+
+async def test_a_poisoned_cookie_fails_no_other_socket(llm, user, conversations, login_cookie):
+    """A session key the database would refuse (Django's cookie parser makes a NUL of
+    "\\000") is no session: that socket is refused, those opening beside it are served."""
+    cookie = await login_cookie(user)
+    name = django_settings.SESSION_COOKIE_NAME
+    sockets = [ChatSocket(c.id, cookie=cookie) for c in conversations]
+    poisoned = ChatSocket(conversations[0].id, cookie=f'{name}="aaaaaaaa\\000"')
+    await asyncio.gather(*(s.connect() for s in [*sockets, poisoned]))
+    assert all(s.connected for s in sockets)
+    assert not poisoned.connected and poisoned.close_code == 4401
+    for socket in sockets:
+        await socket.close()
+
+
+async def test_a_send_the_database_refuses_fails_alone(llm, user, conversations, triggers):
+    llm.behaviour = Behaviour(tokens=3)
+    await sync_to_async(refuse_inserts_of)(POISON)
+    service = chats.service()
+    contents = ["first", POISON, "third"]
+    results = await asyncio.gather(
+        *(
+            service.send(user.pk, c.id, content)
+            for c, content in zip(conversations, contents, strict=True)
+        ),
+        return_exceptions=True,
+    )
+    good = [results[0], results[2]]
+    assert isinstance(results[1], Exception)
+    for started in good:
+        assert not isinstance(started, BaseException)
+        message = await service.finished(started)
+        assert message is not None and message.content == expected_text(3)
+    assert not await Message.objects.filter(conversation=conversations[1]).aexists()
+
+
+async def test_text_with_nul_is_stored_with_a_replacement(llm, user, conversations, open_socket):
+    """Text the database refuses is decided about once, where it comes in: a NUL or a lone
+    surrogate, from the user or from the model, becomes U+FFFD."""
+    llm.models["nul"] = Behaviour(words=["a\x00", "b\ud800", "c"])
+    conversation = conversations[0]
+    conversation.model = "nul"
+    await conversation.asave(update_fields=["model"])
+    socket = await open_socket(user, conversation.id)
+    await socket.send(type="send", content="hi\x00 there\ud800")
+    frames = await socket.receive_until("done")
+    assert frames[0]["message"]["content"] == "hi\ufffd there\ufffd"
+    assert frames[-1]["status"] == "complete"
+    assert frames[-1]["content"] == "a\ufffdb\ufffdc"
+    stored = [m.content async for m in Message.objects.filter(conversation=conversation)]
+    assert stored == ["hi\ufffd there\ufffd", "a\ufffdb\ufffdc"]
+
+
+async def test_a_checkpoint_the_database_refuses_fails_alone(
+    llm, user, conversations, triggers, settings
+):
+    settings.CHAT_CHECKPOINT_INTERVAL = 0.05
+    llm.models["poisoned"] = Behaviour(words=[f"{POISON} "] * 300, token_delay=0.01)
+    llm.behaviour = Behaviour(tokens=300, token_delay=0.01)
+    await sync_to_async(refuse_updates)(
+        f"NEW.status = 'streaming' AND NEW.content LIKE '%{POISON}%'"
+    )
+    poisoned, healthy = conversations[0], conversations[1]
+    poisoned.model = "poisoned"
+    await poisoned.asave(update_fields=["model"])
+    service = chats.service()
+    started = [await service.send(user.pk, c.id, "Hello") for c in (poisoned, healthy)]
+
+    async def checkpointed(started: chats.Started) -> bool:
+        assert started.assistant_message is not None
+        message = await Message.objects.aget(pk=started.assistant_message.pk)
+        return bool(message.content)
+
+    async with asyncio.timeout(5):
+        await wait_until(lambda: checkpointed(started[1]))
+    assert not await checkpointed(started[0])
+    poisoned_reply = service.replies.running(poisoned.id)
+    assert poisoned_reply is not None and poisoned_reply.checkpointed_seq == 0
+    for one in started:
+        await service.stop(user.pk, one.assistant_message.conversation_id)  # type: ignore[union-attr]
+        message = await service.finished(one)
+        assert message is not None and message.status == "stopped" and message.content
+
+
+async def test_a_final_write_the_database_refuses_fails_alone(llm, user, conversations, triggers):
+    llm.models["poisoned"] = Behaviour(words=[POISON])
+    llm.behaviour = Behaviour(tokens=3)
+    await sync_to_async(refuse_updates)(
+        f"NEW.status <> 'streaming' AND NEW.content LIKE '%{POISON}%'"
+    )
+    poisoned = conversations[0]
+    poisoned.model = "poisoned"
+    await poisoned.asave(update_fields=["model"])
+    service = chats.service()
+    started = await asyncio.gather(*(service.send(user.pk, c.id, "Hello") for c in conversations))
+    for healthy in started[1:]:
+        message = await service.finished(healthy)
+        assert message is not None and message.status == "complete"
+        assert healthy.assistant_message is not None
+        stored = await Message.objects.aget(pk=healthy.assistant_message.pk)
+        assert (stored.status, stored.content) == ("complete", expected_text(3))
+    # The poisoned reply is still being saved, and runs until it is.
+    assert service.replies.running(poisoned.id) is not None
+    await sync_to_async(allow_writes)()
+    message = await service.finished(started[0])
+    assert message is not None and (message.status, message.content) == ("complete", POISON)
