@@ -16,7 +16,7 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
 
-from chat.middleware import SharedOrmThreadASGIHandler  # noqa: E402
+from chat.handlers import SharedOrmThreadASGIHandler  # noqa: E402
 from chat.routing import websocket_urlpatterns  # noqa: E402
 from chat.shutdown import save_replies_on_daphne_shutdown  # noqa: E402
 

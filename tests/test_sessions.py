@@ -1,6 +1,6 @@
-"""Sessions come from a cache, requests to async views skip Django's per-request thread, and
-middleware steps run on the event loop: logging out, deactivating an account and changing a
-password must still end access at once, and every security check and header must stay."""
+"""Sessions come from a cache and requests to async views skip Django's per-request thread:
+logging out, deactivating an account and changing a password must still end access at once,
+and every security check and header must stay."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ from asgiref.sync import sync_to_async
 from django.contrib.auth import get_user_model
 from django.test import AsyncClient
 
-from chat.middleware import routes_to_async_view
 from tests.chat_socket import ChatSocket
 from tests.conftest import PASSWORD, logged_in_client, session_cookie
 
@@ -96,20 +95,6 @@ async def test_async_api_keeps_security_headers(user):
     assert response["Referrer-Policy"] == "same-origin"
     assert "frame-ancestors 'none'" in response["Content-Security-Policy"]
     assert "Cookie" in response["Vary"]
-
-
-@pytest.mark.parametrize(
-    ("path", "shares_orm_thread"),
-    [
-        ("/api/conversations/", True),
-        ("/", True),
-        ("/accounts/login/", False),  # hashes passwords: a thread of its own
-        ("/admin/", False),
-        ("/no/such/page/", False),
-    ],
-)
-def test_only_async_views_share_the_orm_thread(path, shares_orm_thread):
-    assert routes_to_async_view({"type": "http", "path": path}) is shares_orm_thread
 
 
 async def test_logging_in_through_asgi_saves_the_session(user):

@@ -1,8 +1,10 @@
 """The HTTP handler that keeps requests to async views off per-request threads.
 
 Django's `ASGIHandler` gives every request a thread (and so a database connection) of its
-own. For the async views that is most of a JSON API request's CPU; the handler below
-avoids it.
+own. For the async views that is much of a JSON API request's CPU (README, "How it
+works"); the handler below avoids it. `tests/test_asgi_handler.py` fails when Django
+changes what it leans on: `ASGIHandler.__call__` doing nothing but open that thread's
+context around `handle`.
 """
 
 from __future__ import annotations
