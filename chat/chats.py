@@ -147,6 +147,8 @@ class ChatService:
         if not await conversation_store.owns(user_id, conversation_id):
             raise refusals.not_found()
         reply = self.replies.running(conversation_id)
+        if reply is not None and reply.done is not None:
+            reply = None  # it has sent its `done`: only its last step keeps it registered
         if reply is None or reply.message_id is None or after is None:
             attachment = Attachment(self, conversation_id, watcher) if reply else None
             state = await conversation_store.transcript(
@@ -180,7 +182,7 @@ class ChatService:
             "type": "state",
             "conversation": conversation_json(state.conversation),
             "messages": [message_json(m) for m in state.messages],
-            "streaming": reply.snapshot() if reply is not None else None,
+            "streaming": reply.snapshot() if reply is not None and reply.done is None else None,
         }
 
     # --- Replies --------------------------------------------------------------------------

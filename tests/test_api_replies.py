@@ -424,3 +424,25 @@ async def test_reply_started_on_the_websocket_can_be_followed_over_sse(
     assert frames[2]["seq"] == 1
     assert frames[2]["text"] + delta_text(events, after=1) == expected_text(40)
     assert deltas_text(frames, assistant_id) == expected_text(40)
+
+
+async def test_events_right_after_done_is_one_state(llm, user, conversation):
+    """A reply that has sent its `done` is over, even while its last step (telling a
+    slower watcher) still holds its place among the running replies."""
+
+    class SlowWatcher:
+        async def deliver(self, frame: dict[str, Any], text: str) -> None:
+            await asyncio.sleep(0.2)
+
+    llm.behaviour = Behaviour(tokens=5)
+    client = await logged_in_client(user)
+    events = await stream(client, conversation)
+    slow = chats.service().watch(conversation.pk, SlowWatcher())
+    try:
+        await events.rest()
+        response = await client.get(url(conversation, "events"), {"after": "1"})
+        async with asyncio.timeout(5):
+            followed = await EventReader(response).rest()
+    finally:
+        slow.detach()
+    assert [e.event for e in followed] == ["state"]
