@@ -13,8 +13,8 @@ from django.db import IntegrityError
 from django.test import Client
 
 from chat import persistence
-from chat.refusals import Refused
 from chat.models import Conversation, Message, UsageRecord
+from chat.refusals import Refused
 
 post_all = persistence.post_user_messages.func  # type: ignore[attr-defined]
 finish_all = persistence.finish_all.func  # type: ignore[attr-defined]
