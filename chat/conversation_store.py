@@ -14,12 +14,13 @@ from typing import Any, ParamSpec, TypeVar, cast
 from uuid import UUID
 
 from asgiref.sync import sync_to_async
-from django.db.models import Exists, OuterRef, Q, QuerySet
+from django.db.models import Q
 from django.utils import timezone
 
 from chat import refusals
-from chat.models import Conversation, Message
+from chat.models import Conversation
 from chat.persistence import State, owned, together_or_each
+from chat.search import matching
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -55,12 +56,6 @@ def list_conversations(
     if text:
         conversations = matching(conversations, text)
     return list(conversations[:limit])
-
-
-def matching(conversations: QuerySet[Conversation], text: str) -> QuerySet[Conversation]:
-    # EXISTS rather than a join on messages: one row per conversation, no DISTINCT needed.
-    mentions = Message.objects.filter(conversation=OuterRef("pk"), content__icontains=text)
-    return conversations.filter(Q(title__icontains=text) | Exists(mentions))
 
 
 @orm_step
