@@ -109,6 +109,8 @@ class ConversationConsumer(AsyncJsonWebsocketConsumer):  # type: ignore[misc]
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         """Decode a frame; anything that is not a JSON object is answered, never fatal."""
+        if self.attachment is None:
+            return  # refused or closing: the frames of its close handshake are dropped
         try:
             content = json.loads(text_data) if text_data is not None else None
         except (ValueError, RecursionError):
@@ -128,8 +130,6 @@ class ConversationConsumer(AsyncJsonWebsocketConsumer):  # type: ignore[misc]
         if handler is None:
             await self.send_error("bad_request", f"Unknown frame type {content['type']!r}.")
             return
-        if self.attachment is None:
-            return  # closing: its session ended or it was refused
         try:
             await handler(content)
         except Refused as refused:

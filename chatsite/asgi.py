@@ -13,7 +13,8 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "chatsite.settings")
 django.setup(set_prefix=False)
 
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
-from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
+from channels.security.websocket import OriginValidator  # noqa: E402
+from django.conf import settings  # noqa: E402
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
 
 from chat.handlers import SharedOrmThreadASGIHandler  # noqa: E402
@@ -25,8 +26,10 @@ application = ProtocolTypeRouter(
         # daphne serves the static files itself, in development and production alike, so that
         # `make run` and a bare `daphne chatsite.asgi:application` need nothing in front.
         "http": ASGIStaticFilesHandler(SharedOrmThreadASGIHandler()),
-        # The consumer reads the session cookie itself (chat.consumers.session_user_id).
-        "websocket": AllowedHostsOriginValidator(URLRouter(websocket_urlpatterns)),
+        # The consumer reads the session cookie itself (chat.consumers.session_cookie).
+        "websocket": OriginValidator(
+            URLRouter(websocket_urlpatterns), settings.CHAT_WEBSOCKET_ORIGINS
+        ),
     }
 )
 

@@ -45,6 +45,15 @@ if not SECRET_KEY:
 
 ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]" if DEBUG else "")
 CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS")
+# The pages that may open a websocket: `https://chat.example.com` compares scheme, host and
+# port; a bare host (the default: the allowed hosts) any scheme and port. A wildcard would
+# let any site's page chat as its visitor, with their cookie.
+CHAT_WEBSOCKET_ORIGINS = env_list("CHAT_WEBSOCKET_ORIGINS") or list(ALLOWED_HOSTS)
+if "*" in CHAT_WEBSOCKET_ORIGINS:
+    raise ImproperlyConfigured(
+        "Websocket origins cannot be '*': set CHAT_WEBSOCKET_ORIGINS to the origins of your "
+        "pages, e.g. https://chat.example.com (DJANGO_ALLOWED_HOSTS has '*')."
+    )
 
 INSTALLED_APPS = [
     "daphne",  # first: its runserver replaces Django's, and its checks insist

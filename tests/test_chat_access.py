@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 import uuid
 
 import pytest
 
 from chat.models import Message
+from tests.chat_socket import ChatSocket
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -21,6 +23,22 @@ async def test_other_users_conversation_is_refused_4404(
 ):
     socket = await open_socket(other_user, conversation.id)
     assert not socket.connected and socket.close_code == 4404
+
+
+async def test_frames_during_a_refusal_are_dropped_quietly(
+    llm, other_user, conversation, login_cookie, caplog
+):
+    """Frames a refused socket sends while its close handshake runs are dropped: nothing is
+    served, and nothing is logged as an error."""
+    socket = ChatSocket(conversation.id, cookie=await login_cookie(other_user))
+    await socket.communicator.connect(timeout=5)
+    for frame in ('{"type": "send", "content": "x"}', '{"type": "stop"}', "not json"):
+        await socket.send_text(frame)
+    assert (await socket.communicator.receive_output(5))["code"] == 4404
+    assert await socket.communicator.receive_nothing(timeout=0.2)
+    await socket.communicator.wait(timeout=5)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert await Message.objects.acount() == 0
 
 
 async def test_missing_conversation_is_refused_4404(llm, user, open_socket):

@@ -248,6 +248,15 @@ async def test_frame_that_is_not_json_gets_error(llm, user, conversation, open_s
     assert (await socket.receive())["code"] == "bad_request"
 
 
+async def test_deeply_nested_frame_gets_error(llm, user, conversation, open_socket):
+    """A frame nested deeper than the JSON decoder recurses is a bad request, not a crash."""
+    socket = await open_socket(user, conversation.id)
+    await socket.send_text('{"type": "send", "content": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    assert (await socket.receive())["code"] == "bad_request"
+    await socket.send(type="send", content="Still here")
+    assert (await socket.receive_until("done"))[-1]["status"] == "complete"
+
+
 async def test_too_long_message_is_refused(llm, user, conversation, open_socket, settings):
     settings.CHAT_MAX_INPUT_CHARS = 100
     socket = await open_socket(user, conversation.id)
