@@ -23,7 +23,7 @@ from uuid import UUID
 from asgiref.sync import sync_to_async
 from django.conf import settings
 
-from chat import conversation_store, crossprocess, llm, persistence, refusals
+from chat import conversation_store, crossprocess, llm, persistence, refusals, session_checks
 from chat.batching import Batcher
 from chat.conversation_store import Position
 from chat.crossprocess import CrossProcess
@@ -94,6 +94,7 @@ class ChatService:
         )
         self.replies = Replies(self.watchers, self.upstream, self.crossprocess)
         self._sessions: dict[str, set[Attachment]] = {}
+        self._session_checks: asyncio.Task[None] | None = None
         self._closing: set[asyncio.Task[None]] = set()
         # Steps that many users' requests arrive at together share one trip to the ORM
         # thread (`chat.batching`); each request still gets its own result.
@@ -128,6 +129,7 @@ class ChatService:
             attachment.detach()
             return user_id, None
         self._sessions.setdefault(session_key, set()).add(attachment)
+        self._check_sessions_from_now_on()
         if self.crossprocess is not None:
             await self._hear_of_logouts_elsewhere()
         await self._send_state(attachment, state)
@@ -338,6 +340,28 @@ class ChatService:
             if not attachments:
                 del self._sessions[attachment.session_key]
 
+    def _check_sessions_from_now_on(self) -> None:
+        if self._session_checks is None or self._session_checks.done():
+            self._session_checks = asyncio.create_task(
+                self._check_sessions(), name="session-checks"
+            )
+
+    async def _check_sessions(self) -> None:
+        """Close the sockets whose session ended without a logout (it expired or was
+        deleted, the password changed, the user was deactivated), every
+        CHAT_SESSION_CHECK_SECONDS, for as long as sockets with a session are open."""
+        while self._sessions:
+            await asyncio.sleep(settings.CHAT_SESSION_CHECK_SECONDS)
+            keys = list(self._sessions)
+            try:
+                alive = await session_checks.logged_in(keys)
+            except Exception:
+                logger.warning("checking the open sockets' sessions failed", exc_info=True)
+                continue
+            for key in keys:
+                if key not in alive:
+                    self.end_session(key)
+
     async def _hear_of_logouts_elsewhere(self) -> None:
         assert self.crossprocess is not None
         try:
@@ -362,6 +386,10 @@ class ChatService:
         await self._close()
 
     async def _close(self) -> None:
+        checks, self._session_checks = self._session_checks, None
+        if checks is not None:
+            checks.cancel()
+            await asyncio.gather(checks, return_exceptions=True)
         if self.crossprocess is not None:
             await self.crossprocess.close()
         await self.upstream.aclose()

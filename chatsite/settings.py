@@ -236,3 +236,6 @@ CHAT_STATE_MESSAGES = env_int("CHAT_STATE_MESSAGES", 100)
 CHAT_FRAME_INTERVAL = env_float("CHAT_FRAME_INTERVAL", 0.1)
 CHAT_CHECKPOINT_INTERVAL = env_float("CHAT_CHECKPOINT_INTERVAL", 1.0)
 CHAT_STALE_REPLY_SECONDS = env_float("CHAT_STALE_REPLY_SECONDS", 120.0)
+# How often the sessions of open sockets are checked again (expired, deleted, password
+# changed, user deactivated: their sockets close).
+CHAT_SESSION_CHECK_SECONDS = env_float("CHAT_SESSION_CHECK_SECONDS", 5.0)

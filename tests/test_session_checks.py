@@ -1,0 +1,94 @@
+"""A session that ends without a logout (it expires or is deleted, the password changes,
+the user is deactivated) closes its open sockets within CHAT_SESSION_CHECK_SECONDS; the
+sockets of other sessions stay open."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+import pytest
+from asgiref.sync import sync_to_async
+from django.contrib.sessions.models import Session
+from django.utils import timezone
+
+from chat import session_checks
+from tests.chat_socket import ChatSocket
+from tests.conftest import logged_in_client, session_cookie
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+async def change_password(user, session_key):
+    user.set_password("a brand new passphrase")
+    await user.asave(update_fields=["password"])
+
+
+async def deactivate(user, session_key):
+    user.is_active = False
+    await user.asave(update_fields=["is_active"])
+
+
+async def delete_session(user, session_key):
+    await Session.objects.filter(session_key=session_key).adelete()
+
+
+async def expire_session(user, session_key):
+    past = timezone.now() - timedelta(seconds=1)
+    await Session.objects.filter(session_key=session_key).aupdate(expire_date=past)
+
+
+@pytest.mark.parametrize("end", [change_password, deactivate, delete_session, expire_session])
+async def test_a_session_that_ends_closes_its_sockets(
+    llm, user, other_user, conversation, make_conversation, settings, end
+):
+    settings.CHAT_SESSION_CHECK_SECONDS = 0.05
+    client, others = await logged_in_client(user), await logged_in_client(other_user)
+    theirs = await sync_to_async(make_conversation)(other_user)
+    tab = ChatSocket(conversation.id, cookie=session_cookie(client))
+    bystander = ChatSocket(theirs.id, cookie=session_cookie(others))
+    await tab.connect()
+    await bystander.connect()
+    assert tab.connected and bystander.connected
+
+    await end(user, client.session.session_key)
+
+    closing = await tab.communicator.receive_output(5)
+    assert closing == {"type": "websocket.close", "code": 4401}
+    await tab.send(type="send", content="after the close")  # dropped, never served
+    assert await bystander.nothing_more()
+    await bystander.send(type="send", content="still here")
+    assert (await bystander.receive_until("done"))[-1]["status"] == "complete"
+    await bystander.close()
+
+
+async def test_checking_many_sessions_takes_two_queries(
+    user, other_user, django_assert_max_num_queries
+):
+    keys = []
+    for owner in (user, other_user, user):
+        client = await logged_in_client(owner)
+        keys.append(client.session.session_key)
+    await deactivate(other_user, keys[1])
+
+    def check():
+        with django_assert_max_num_queries(2):
+            return session_checks.logged_in.func(keys + ["no-such-session"])
+
+    alive = await sync_to_async(check)()
+    assert alive == {keys[0], keys[2]}
+
+
+async def test_no_check_runs_without_open_sockets(llm, user, conversation, settings):
+    from chat import chats
+
+    settings.CHAT_SESSION_CHECK_SECONDS = 0.01
+    client = await logged_in_client(user)
+    tab = ChatSocket(conversation.id, cookie=session_cookie(client))
+    await tab.connect()
+    service = chats.service()
+    checks = service._session_checks
+    assert checks is not None and not checks.done()
+    await tab.close()
+    async with asyncio.timeout(2):
+        await asyncio.gather(checks, return_exceptions=True)
