@@ -52,7 +52,7 @@ class Reply:
         self._sent: list[str] = []  # text already sent in delta frames
         self._ends: list[int] = []  # where each delta's text ends in it, by seq
         self._pending: list[str] = []  # text read from upstream, not yet sent
-        self._flushing = False
+        self._sending = asyncio.Lock()  # held while a frame is sent
         self._stop_requested = False
         self._finishing = False
 
@@ -154,12 +154,14 @@ class Reply:
         if self.stream is not None:
             self.stream.release()
 
-    async def flush(self) -> None:
-        """Send the text gathered since the last frame, as one frame."""
-        if not self._pending or self._flushing:
-            return  # nothing new, or a send in progress: the next tick takes it
-        self._flushing = True
-        try:
+    async def flush(self, *, after_sending: bool = False) -> None:
+        """Send the text gathered since the last frame, as one frame. A frame being sent
+        means the next tick takes the rest; unless `after_sending`: then wait for it."""
+        if self._sending.locked() and not after_sending:
+            return
+        async with self._sending:
+            if not self._pending:
+                return
             text = storable("".join(self._pending))
             self._pending.clear()
             self.seq += 1
@@ -168,8 +170,6 @@ class Reply:
             await self.replies.watchers.broadcast(
                 self.conversation_id, self._delta(self.seq, text)
             )
-        finally:
-            self._flushing = False
 
     async def _save(self, final: persistence.Final) -> None:
         """The final write, tried again until the database takes it. Meanwhile the reply
@@ -193,9 +193,7 @@ class Reply:
     async def _finish(self, status: str, usage: llm.Usage, error: llm.LLMError | None) -> None:
         """Send the last text, write the reply whole, tell every watcher, leave the registry."""
         try:
-            while self._flushing:  # the clock is sending this reply's last frame
-                await asyncio.sleep(0)
-            await self.flush()
+            await self.flush(after_sending=True)  # after the frame the clock may be sending
             assert self.message_id is not None
             content = self.content
             final = persistence.Final(
