@@ -228,7 +228,7 @@ async def list_models(request: HttpRequest) -> Any:
 
 # --- Replies --------------------------------------------------------------------------------
 
-EVENT_STREAM = {"content": {sse.CONTENT_TYPE: {"schema": {"type": "string"}}}}
+EVENT_STREAM = {"content": {sse.CONTENT_TYPE: {"schema": sse.EVENT_SCHEMA}}}
 
 
 @api.post(

@@ -24,6 +24,42 @@ KEEP_ALIVE = b": keep-alive\n\n"
 
 FrameTest = Callable[[Frame], bool]
 
+# What each frame type holds besides `type` (DESIGN.md section 4, "Websocket").
+FRAME_FIELDS = {
+    "state": ["conversation", "messages", "streaming"],
+    "message": ["message"],
+    "delta": ["message_id", "seq", "text"],
+    "done": ["message_id", "status", "content", "usage", "error"],
+    "removed": ["message_id"],
+    "conversation": ["conversation"],
+    "deleted": ["conversation_id"],
+    "error": ["code", "detail"],
+}
+
+# One event, for the OpenAPI document: its `data` is the frame's JSON.
+EVENT_SCHEMA = {
+    "type": "object",
+    "required": ["event", "data"],
+    "properties": {
+        "event": {"type": "string", "enum": list(FRAME_FIELDS)},
+        "id": {"type": "string", "description": "A delta's `seq`, for `Last-Event-ID`."},
+        "data": {
+            "type": "string",
+            "contentMediaType": "application/json",
+            "contentSchema": {
+                "oneOf": [
+                    {
+                        "type": "object",
+                        "required": ["type", *fields],
+                        "properties": {"type": {"const": kind}},
+                    }
+                    for kind, fields in FRAME_FIELDS.items()
+                ]
+            },
+        },
+    },
+}
+
 
 class EventQueue:
     """Watches a conversation for one SSE response: its frames wait here to be sent."""

@@ -201,6 +201,15 @@ def test_unknown_api_path_is_404_json(client, user, path):
 
 
 @pytest.mark.django_db
+@pytest.mark.parametrize("path", ["/api/nope/", "/api/conversations/not-a-uuid/stop/"])
+def test_post_to_unknown_api_path_with_a_token_is_404_not_403(user, path):
+    client = Client(enforce_csrf_checks=True)
+    client.cookies["sessionid"] = ""
+
+    assert_error(client.post(path, headers=token_headers(user)), 404, "not_found")
+
+
+@pytest.mark.django_db
 @pytest.mark.parametrize(
     ("path", "allowed"),
     [
