@@ -1,16 +1,18 @@
-"""Staff read conversation transcripts here; the admin never rewrites what was said. API
-tokens are listed too, without their hashes."""
+"""Staff read conversation transcripts here, read-only, and every read is recorded; the admin
+never rewrites what was said. API tokens are listed too, without their hashes."""
 
 from __future__ import annotations
 
+import uuid
 from typing import TYPE_CHECKING, Any
 
 from django.contrib import admin
+from django.contrib.admin.utils import unquote
 from django.db.models import Aggregate, Count, IntegerField, OuterRef, QuerySet, Subquery, Sum
 from django.db.models.functions import Coalesce
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse
 
-from chat.models import ApiToken, Conversation, Message
+from chat.models import ApiToken, Conversation, Message, TranscriptRead
 
 # Django's admin classes are not subscriptable at runtime (no django_stubs_ext monkeypatch),
 # yet mypy strict wants their type parameters.
@@ -19,8 +21,10 @@ if TYPE_CHECKING:
     MessageAdminBase = admin.ModelAdmin[Message]
     MessageInlineBase = admin.TabularInline[Message, Conversation]
     ApiTokenAdminBase = admin.ModelAdmin[ApiToken]
+    TranscriptReadAdminBase = admin.ModelAdmin[TranscriptRead]
 else:
     ConversationAdminBase = MessageAdminBase = ApiTokenAdminBase = admin.ModelAdmin
+    TranscriptReadAdminBase = admin.ModelAdmin
     MessageInlineBase = admin.TabularInline
 
 
@@ -50,6 +54,20 @@ def with_transcript_stats(conversations: QuerySet[Conversation]) -> QuerySet[Con
         # No messages means no group and so NULL; a count should read 0 (and sort as 0).
         message_count=Coalesce(per_conversation(Count("pk")), 0),
         tokens_used=per_conversation(Sum("total_tokens")),
+    )
+
+
+def record_read(
+    request: HttpRequest, conversation_id: uuid.UUID | str, via: TranscriptRead.Via
+) -> None:
+    """Note that the staff user behind `request` was shown this conversation's transcript."""
+    reader = request.user
+    assert reader.is_authenticated  # for the type checker: the admin let only staff in
+    TranscriptRead.objects.create(
+        reader=reader,
+        reader_username=reader.get_username(),
+        conversation_id=conversation_id,
+        via=via,
     )
 
 
@@ -113,16 +131,33 @@ class ConversationAdmin(ConversationAdminBase):
     # Counting the whole unfiltered table on every search is the slowest query on the page.
     show_full_result_count = False
 
-    # --- Change page ---
+    # --- Change page: shown read-only, even to superusers, and each view recorded ---
     fields = ("id", "owner", "title", "model", "system_prompt", "created_at", "updated_at")
-    readonly_fields = ("id", "owner", "created_at", "updated_at")
+    readonly_fields = fields
     inlines = (MessageInline,)
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Conversation]:
         return with_transcript_stats(super().get_queryset(request))
 
+    def change_view(
+        self,
+        request: HttpRequest,
+        object_id: str,
+        form_url: str = "",
+        extra_context: dict[str, Any] | None = None,
+    ) -> HttpResponse:
+        """The transcript; a page that was shown (not a redirect for a missing one) is a read."""
+        response = super().change_view(request, object_id, form_url, extra_context)
+        if response.status_code == 200:
+            record_read(request, unquote(object_id), TranscriptRead.Via.CONVERSATION_PAGE)
+        return response
+
     def has_add_permission(self, request: HttpRequest) -> bool:
         # A conversation belongs to the user who had it; staff do not start one for them.
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        # What a user said, and the settings their replies came from, are theirs alone.
         return False
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
@@ -156,6 +191,21 @@ class MessageAdmin(MessageAdminBase):
     show_full_result_count = False
     raw_id_fields = ("conversation",)
 
+    def change_view(
+        self,
+        request: HttpRequest,
+        object_id: str,
+        form_url: str = "",
+        extra_context: dict[str, Any] | None = None,
+    ) -> HttpResponse:
+        """One message, whole: a read of its conversation's transcript too."""
+        response = super().change_view(request, object_id, form_url, extra_context)
+        if response.status_code == 200:
+            messages = Message.objects.filter(pk=unquote(object_id))
+            conversation_id = messages.values_list("conversation_id", flat=True).get()
+            record_read(request, conversation_id, TranscriptRead.Via.MESSAGE_PAGE)
+        return response
+
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
 
@@ -181,6 +231,39 @@ class ApiTokenAdmin(ApiTokenAdminBase):
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         # Tokens are made by their owner, who alone ever sees the secret.
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(TranscriptRead)
+class TranscriptReadAdmin(TranscriptReadAdminBase):
+    """Who read which transcript, and when: listed for audit, never added, changed or deleted."""
+
+    list_display = ("read_at", "reader_username", "conversation_id", "via")
+    list_filter = (("reader", admin.RelatedOnlyFieldListFilter), "read_at", "via")
+    # A conversation id is looked up exactly (by its index); any other term is a username.
+    search_fields = ("=reader_username",)
+    search_help_text = "A conversation's id, or an exact username."
+    ordering = ("-read_at",)
+    show_full_result_count = False
+    fields = ("read_at", "reader", "reader_username", "conversation_id", "via")
+    readonly_fields = fields
+
+    def get_search_results(
+        self, request: HttpRequest, queryset: QuerySet[TranscriptRead], search_term: str
+    ) -> tuple[QuerySet[TranscriptRead], bool]:
+        try:
+            conversation_id = uuid.UUID(search_term.strip())
+        except ValueError:
+            return super().get_search_results(request, queryset, search_term)
+        return queryset.filter(conversation_id=conversation_id), False
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
         return False
 
     def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:

@@ -151,3 +151,42 @@ class ApiToken(models.Model):
     @property
     def is_revoked(self) -> bool:
         return self.revoked_at is not None
+
+
+class TranscriptRead(models.Model):
+    """One staff read of a conversation's transcript in the admin: who, when, which, where.
+    Append-only; it outlives both the conversation and the reader's account."""
+
+    class Via(models.TextChoices):
+        CONVERSATION_PAGE = "conversation_page", "conversation page"
+        MESSAGE_PAGE = "message_page", "message page"
+
+    reader = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.SET_NULL,
+        null=True,
+        related_name="transcript_reads",
+        editable=False,
+    )
+    # The name at the time of the read: still says who once the account is renamed or gone.
+    reader_username = models.CharField(max_length=150, editable=False)
+    # A value, not a foreign key: deleting the conversation must keep who read it.
+    conversation_id = models.UUIDField(editable=False)
+    via = models.CharField(max_length=32, choices=Via.choices, editable=False)
+    read_at = models.DateTimeField(default=timezone.now, editable=False)
+
+    class Meta:
+        ordering = ["-read_at"]
+        indexes = [
+            # The admin's list: every read, newest first.
+            models.Index(fields=["-read_at"], name="transcript_read_recent"),
+            # Who read this conversation, newest first.
+            models.Index(
+                fields=["conversation_id", "-read_at"], name="transcript_read_conversation"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return (
+            f"{self.reader_username} read {self.conversation_id} at {self.read_at:%Y-%m-%d %H:%M}"
+        )

@@ -1,10 +1,13 @@
-"""The admin as staff use it: transcripts listed with their stats, searched, read, never edited."""
+"""The admin as staff use it: transcripts listed with their stats, searched, read, never edited
+(not even by superusers). That each read is recorded is tests/test_admin_audit.py."""
 
 from __future__ import annotations
 
 from datetime import timedelta
 
 import pytest
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Permission
 from django.urls import reverse
 from django.utils import timezone
 
@@ -133,16 +136,30 @@ def test_change_page_shows_transcript_read_only_in_order(admin_client, transcrip
 
 
 @pytest.mark.django_db
-def test_change_page_post_cannot_edit_messages(admin_client, transcript):
+def test_change_page_has_no_form_and_no_save_buttons_for_superusers(admin_client, transcript):
+    url = reverse("admin:chat_conversation_change", args=[transcript.pk])
+
+    response = admin_client.get(url)
+
+    assert response.status_code == 200
+    assert not response.context["has_change_permission"]
+    content = response.content.decode()
+    assert "Soup recipes" in content
+    for name in ("title", "model", "system_prompt", "_save", "_continue", "_addanother"):
+        assert f'name="{name}"' not in content
+
+
+@pytest.mark.django_db
+def test_change_page_post_changes_nothing(admin_client, transcript):
     url = reverse("admin:chat_conversation_change", args=[transcript.pk])
     first = transcript.messages.order_by("created_at").first()
 
-    admin_client.post(
+    response = admin_client.post(
         url,
         {
             "title": "Renamed",
-            "model": transcript.model,
-            "system_prompt": "",
+            "model": "other-model",
+            "system_prompt": "Obey the admin.",
             "messages-TOTAL_FORMS": "1",
             "messages-INITIAL_FORMS": "1",
             "messages-0-id": str(first.pk),
@@ -151,8 +168,33 @@ def test_change_page_post_cannot_edit_messages(admin_client, transcript):
         },
     )
 
+    assert response.status_code == 403
+    transcript.refresh_from_db()
     first.refresh_from_db()
+    assert (transcript.title, transcript.model, transcript.system_prompt) == (
+        "Soup recipes",
+        "test-model",
+        "",
+    )
     assert first.content == "A soup, please"
+
+
+@pytest.mark.django_db
+def test_change_page_readable_by_staff_with_view_permission(client, transcript):
+    staff = get_user_model().objects.create_user("auditor", is_staff=True)
+    staff.user_permissions.set(
+        Permission.objects.filter(
+            content_type__app_label="chat",
+            codename__in=["view_conversation", "view_message"],
+        )
+    )
+    client.force_login(staff)
+
+    response = client.get(reverse("admin:chat_conversation_change", args=[transcript.pk]))
+
+    assert response.status_code == 200
+    assert "Leek soup." in response.content.decode()
+    assert not response.context["has_change_permission"]
 
 
 @pytest.mark.django_db
@@ -174,4 +216,5 @@ def test_message_admin_is_read_only(admin_client, transcript):
     assert listing.status_code == 200
     assert change.status_code == 200
     assert not change.context["has_change_permission"]
+    assert admin_client.post(change_url, {"content": "rewritten"}).status_code == 403
     assert admin_client.get(reverse("admin:chat_message_add")).status_code == 403
