@@ -10,6 +10,7 @@ accepts. A client that goes away only stops watching: the reply goes on and is s
 from __future__ import annotations
 
 import asyncio
+import weakref
 from collections.abc import AsyncIterator, Callable
 
 from django.http import StreamingHttpResponse
@@ -94,6 +95,10 @@ def event_stream(
     response = StreamingHttpResponse(_events(queue, attachment, last), content_type=CONTENT_TYPE)
     response["Cache-Control"] = "no-cache"
     response["X-Accel-Buffering"] = "no"  # nginx: pass each event on at once
+    if attachment is not None:
+        # A response that is never sent (its client left before) never starts its
+        # generator, so the generator's `finally` cannot detach: detach once it is dropped.
+        weakref.finalize(response, attachment.detach)
     return response
 
 

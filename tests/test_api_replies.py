@@ -4,6 +4,7 @@ reattached, stopped, regenerated; and the same reply seen over the websocket."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import uuid
 from typing import Any
@@ -41,6 +42,24 @@ async def stream(client: Any, conversation: Any, content: str = "Hello") -> Even
     response = await post(client, url(conversation, "messages"), {"content": content}, **SSE)
     assert response.status_code == 200, response.content
     return EventReader(response)
+
+
+def http_scope(method: str, path: str, headers: dict[str, str]) -> dict[str, Any]:
+    """An HTTP request's ASGI scope, as a server gives it to the application."""
+    return {
+        "type": "http",
+        "http_version": "1.1",
+        "method": method,
+        "path": path,
+        "raw_path": path.encode(),
+        "root_path": "",
+        "scheme": "http",
+        "query_string": b"",
+        "headers": [(b"host", b"testserver")]
+        + [(k.lower().encode(), v.encode()) for k, v in headers.items()],
+        "client": ["127.0.0.1", 40000],
+        "server": ["testserver", 80],
+    }
 
 
 def watching(conversation: Any) -> bool:
@@ -273,21 +292,7 @@ async def test_client_that_disconnects_leaves_the_reply_to_complete(llm, user, c
     cancels the response, which stops watching; the reply goes on and is saved whole."""
     llm.behaviour = Behaviour(tokens=40, token_delay=0.01)
     headers = {**await atoken_headers(user), **SSE, "Content-Type": "application/json"}
-    path = url(conversation, "messages")
-    scope = {
-        "type": "http",
-        "http_version": "1.1",
-        "method": "POST",
-        "path": path,
-        "raw_path": path.encode(),
-        "root_path": "",
-        "scheme": "http",
-        "query_string": b"",
-        "headers": [(b"host", b"testserver")]
-        + [(k.lower().encode(), v.encode()) for k, v in headers.items()],
-        "client": ["127.0.0.1", 40000],
-        "server": ["testserver", 80],
-    }
+    scope = http_scope("POST", url(conversation, "messages"), headers)
     client = ApplicationCommunicator(application, scope)
     await client.send_input({"type": "http.request", "body": b'{"content": "Hello"}'})
     start = await client.receive_output(5)
@@ -446,3 +451,51 @@ async def test_events_right_after_done_is_one_state(llm, user, conversation):
     finally:
         slow.detach()
     assert [e.event for e in followed] == ["state"]
+
+
+async def test_sse_response_never_sent_stops_watching(conversation):
+    """The client left after the view answered and before the stream began: nothing
+    iterates the response, whose generator never runs its `finally`; dropping the
+    response detaches."""
+    queue = sse.EventQueue()
+    response = sse.event_stream(queue, chats.service().watch(conversation.pk, queue), sse.any_done)
+    assert watching(conversation)
+
+    del response
+    gc.collect()
+
+    assert not watching(conversation)
+
+
+async def test_client_that_disconnects_while_the_view_runs_stops_watching(llm, user, conversation):
+    llm.behaviour = Behaviour(tokens=5, token_delay=0.05)
+    headers = {**await atoken_headers(user), **SSE, "Content-Type": "application/json"}
+    client = ApplicationCommunicator(
+        application, http_scope("POST", url(conversation, "messages"), headers)
+    )
+    await client.send_input({"type": "http.request", "body": b'{"content": "Hello"}'})
+    await client.send_input({"type": "http.disconnect"})
+    await client.wait(5)
+
+    assert not watching(conversation)
+    async with asyncio.timeout(5):
+        await wait_until(lambda: chats.service().replies.running(conversation.pk) is None)
+
+
+async def test_sse_retried_client_msg_id_follows_the_running_reply(llm, user, conversation):
+    llm.behaviour = Behaviour(tokens=40, token_delay=0.01)
+    client = await logged_in_client(user)
+    data = {"content": "Once", "client_msg_id": str(uuid.uuid4())}
+    first = EventReader(await post(client, url(conversation, "messages"), data, **SSE))
+    await first.until(is_type("delta"))
+    await first.close()
+
+    retry = await post(client, url(conversation, "messages"), data, **SSE)
+
+    events = await EventReader(retry).rest()
+    state, done = events[0], events[-1]
+    assert state.event == "state" and done.event == "done"
+    assert [m["content"] for m in state.data["messages"] if m["role"] == "user"] == ["Once"]
+    streaming = state.data["streaming"]
+    assert streaming["content"] + delta_text(events, after=streaming["seq"]) == expected_text(40)
+    assert await Message.objects.filter(conversation=conversation).acount() == 2
