@@ -182,13 +182,15 @@ async def list_conversations(request: HttpRequest, filters: Query[ListFilters]) 
     return {"results": [conversation_json(c) for c in page], "next": next_cursor}
 
 
+NO_FIELDS = ConversationIn()  # an empty body: the defaults
+
+
 @api.post("/conversations/", response=answers({201: ConversationOut}, 403, 413))
 async def create_conversation(
-    request: HttpRequest, conversation: ConversationIn | None = None
+    request: HttpRequest, conversation: ConversationIn = NO_FIELDS
 ) -> Any:
-    """Start a conversation; every field may be left out."""
-    fields = conversation.model_dump() if conversation is not None else {}
-    created = await service().create(user_id(request), **fields)
+    """Start a conversation; every field may be left out, and so may the body."""
+    created = await service().create(user_id(request), **conversation.model_dump())
     return Status(201, conversation_json(created))
 
 
