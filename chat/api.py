@@ -160,9 +160,9 @@ def decode_cursor(cursor: str) -> Position:
 
 
 class ListFilters(Schema):
-    limit: int = Field(PAGE_SIZE, ge=1, le=MAX_PAGE_SIZE)
-    cursor: str | None = Field(None, description="`next` of the page before.")
-    q: str = Field("", description="Searches titles and message text.")
+    limit: int = Field(default=PAGE_SIZE, ge=1, le=MAX_PAGE_SIZE)
+    cursor: str | None = Field(default=None, description="`next` of the page before.")
+    q: str = Field(default="", description="Searches titles and message text.")
 
 
 # --- Conversations --------------------------------------------------------------------------

@@ -96,8 +96,8 @@ class ConversationIn(Schema):
     # Unknown fields are refused, so that a typo shows instead of being ignored.
     model_config = ConfigDict(extra="forbid")
 
-    title: str = Field("", description=f"At most {MAX_TITLE_LENGTH} characters.")
-    model: str = Field("", description="One of GET /api/models/; empty: the default.")
+    title: str = Field(default="", description=f"At most {MAX_TITLE_LENGTH} characters.")
+    model: str = Field(default="", description="One of GET /api/models/; empty: the default.")
     system_prompt: str = ""
 
 
@@ -106,7 +106,7 @@ class ConversationChange(Schema):
 
     model_config = ConfigDict(extra="forbid")
 
-    title: str = Field("", description=f"At most {MAX_TITLE_LENGTH} characters.")
+    title: str = Field(default="", description=f"At most {MAX_TITLE_LENGTH} characters.")
     model: str = ""
     system_prompt: str = ""
 
@@ -116,5 +116,5 @@ class MessageIn(Schema):
 
     content: str
     client_msg_id: UUID | None = Field(
-        None, description="Sent again with a retry, so that the message is posted once."
+        default=None, description="Sent again with a retry, so that the message is posted once."
     )
