@@ -386,3 +386,88 @@ async def test_requests_arriving_together_each_get_their_own_user_and_conversati
     stored = Conversation.objects.values_list("id", "title", "owner__username")
     async for conversation_id, title, owner in stored:
         assert titles[str(conversation_id)] == title and title.startswith(owner)
+
+
+# --- Change and delete ---------------------------------------------------------------------
+
+
+def patch_json(client: Client, url: str, data: Any) -> Any:
+    body = data if isinstance(data, str | bytes) else json.dumps(data)
+    return client.patch(url, body, content_type="application/json")
+
+
+@pytest.mark.django_db
+def test_patch_changes_only_the_fields_sent(logged_in, user, make_conversation):
+    conversation = make_conversation(user, title="Old", model="model-a", system_prompt="Keep.")
+
+    response = patch_json(
+        logged_in, detail_url(conversation), {"title": "  New  ", "model": "model-b"}
+    )
+
+    assert response.status_code == 200
+    assert (response.json()["title"], response.json()["model"]) == ("New", "model-b")
+    conversation.refresh_from_db()
+    assert (conversation.title, conversation.model, conversation.system_prompt) == (
+        "New",
+        "model-b",
+        "Keep.",
+    )
+    assert response.json()["updated_at"] == conversation.updated_at.isoformat()
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    "body",
+    [
+        pytest.param("{not json", id="invalid-json"),
+        pytest.param("", id="no-body"),
+        pytest.param([1], id="not-an-object"),
+        pytest.param({"title": None}, id="title-null"),
+        pytest.param({"model": "gpt-99"}, id="unknown-model"),
+        pytest.param({"owner": 2}, id="unknown-field"),
+    ],
+)
+def test_patch_bad_input_is_400(logged_in, user, make_conversation, body):
+    conversation = make_conversation(user, title="Old")
+
+    assert_error(patch_json(logged_in, detail_url(conversation), body), 400, "bad_request")
+    conversation.refresh_from_db()
+    assert conversation.title == "Old"
+
+
+@pytest.mark.django_db
+def test_patch_title_too_long_is_413(logged_in, user, make_conversation):
+    conversation = make_conversation(user)
+
+    response = patch_json(logged_in, detail_url(conversation), {"title": "x" * 201})
+
+    assert_error(response, 413, "too_long")
+
+
+@pytest.mark.django_db
+def test_delete_is_204_and_removes_the_messages(logged_in, user, make_conversation):
+    conversation = make_conversation(user)
+    Message.objects.create(conversation=conversation, role="user", content="Hi")
+
+    response = logged_in.delete(detail_url(conversation))
+
+    assert response.status_code == 204 and response.content == b""
+    assert not Conversation.objects.exists() and not Message.objects.exists()
+    assert_error(logged_in.delete(detail_url(conversation)), 404, "not_found")
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_patch_and_delete_tell_open_tabs(user, conversation, open_socket):
+    socket = await open_socket(user, conversation.id)
+    client = AsyncClient()
+    await client.aforce_login(user)
+
+    await client.patch(
+        detail_url(conversation), {"title": "Renamed"}, content_type="application/json"
+    )
+    changed = await socket.receive()
+    await client.delete(detail_url(conversation))
+    deleted = await socket.receive()
+
+    assert changed["type"] == "conversation" and changed["conversation"]["title"] == "Renamed"
+    assert deleted == {"type": "deleted", "conversation_id": str(conversation.pk)}
