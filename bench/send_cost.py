@@ -20,7 +20,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--n", type=int, default=200)
     parser.add_argument("--batch", type=int, default=1, help="sends per database step")
     args = parser.parse_args(argv)
-    user = fresh_project("send-cost-", CHAT_MESSAGES_PER_MINUTE=str(args.n * 10))
+    # One user sends them all: no limit of theirs may refuse one.
+    user = fresh_project(
+        "send-cost-",
+        CHAT_MESSAGES_PER_MINUTE=str(args.n * 10),
+        CHAT_REPLIES_RUNNING_PER_USER=str(args.n * 10),
+    )
     from django.db import connection
 
     from chat import persistence

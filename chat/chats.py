@@ -29,6 +29,7 @@ from chat.conversation_store import Position
 from chat.crossprocess import CrossProcess
 from chat.models import Conversation, Message
 from chat.persistence import ReplyPlan, State
+from chat.refusals import Refused
 from chat.replies import Replies, Reply
 from chat.serializers import conversation_json, message_json
 from chat.text import storable
@@ -47,7 +48,7 @@ class SessionWatcher(Watcher, Protocol):
 class Attachment(Held):
     """One watcher's place among a conversation's watchers, until `detach`."""
 
-    __slots__ = ("conversation_id", "service", "session_key")
+    __slots__ = ("conversation_id", "service", "session_key", "user_id")
 
     def __init__(
         self,
@@ -64,6 +65,7 @@ class Attachment(Held):
             conversation_id,
             session_key,
         )
+        self.user_id: int | None = None  # set for a socket, counted among its user's
         service.watchers.watch(conversation_id, self)
 
     def detach(self) -> None:
@@ -71,6 +73,9 @@ class Attachment(Held):
         self.service.watchers.unwatch(self.conversation_id, self)
         if self.session_key is not None:
             self.service.forget_session_watcher(self)
+        if self.user_id is not None:
+            self.service.count_socket(self.user_id, -1)
+            self.user_id = None
 
 
 @dataclass
@@ -94,6 +99,7 @@ class ChatService:
         )
         self.replies = Replies(self.watchers, self.upstream, self.crossprocess)
         self._sessions: dict[str, set[Attachment]] = {}
+        self._sockets: dict[int, int] = {}  # open sockets by user
         self._session_checks: asyncio.Task[None] | None = None
         self._closing: set[asyncio.Task[None]] = set()
         # Steps that many users' requests arrive at together share one trip to the ORM
@@ -128,6 +134,14 @@ class ChatService:
         if user_id is None or state is None:
             attachment.detach()
             return user_id, None
+        if self._sockets.get(user_id, 0) >= settings.CHAT_SOCKETS_PER_USER:
+            attachment.detach()
+            raise Refused(
+                "rate_limited",
+                "You have too many tabs open on this conversation server; close some.",
+            )
+        attachment.user_id = user_id
+        self.count_socket(user_id, 1)
         self._sessions.setdefault(session_key, set()).add(attachment)
         self._check_sessions_from_now_on()
         if self.crossprocess is not None:
@@ -236,7 +250,14 @@ class ChatService:
         prompt = llm.build_prompt(
             plan.conversation.system_prompt, plan.history, settings.CHAT_CONTEXT_TOKENS
         )
-        reply.start(plan.assistant_message.id, plan.conversation.model, prompt)
+        conversation = plan.conversation
+        reply.start(
+            plan.assistant_message.id,
+            conversation.model,
+            prompt,
+            max_tokens=plan.max_tokens,
+            user_id=conversation.owner_id,
+        )
         return Started(plan.user_message, plan.assistant_message, reply)
 
     async def finished(self, started: Started) -> Message | None:
@@ -331,6 +352,13 @@ class ChatService:
                 task = asyncio.ensure_future(watcher.end_session())
                 self._closing.add(task)  # kept until done: the loop holds tasks only weakly
                 task.add_done_callback(self._closing.discard)
+
+    def count_socket(self, user_id: int, change: int) -> None:
+        count = self._sockets.get(user_id, 0) + change
+        if count > 0:
+            self._sockets[user_id] = count
+        else:
+            self._sockets.pop(user_id, None)
 
     def forget_session_watcher(self, attachment: Attachment) -> None:
         assert attachment.session_key is not None

@@ -28,6 +28,7 @@ logger = logging.getLogger(__name__)
 
 CLOSE_UNAUTHENTICATED = 4401
 CLOSE_NOT_FOUND = 4404
+CLOSE_TOO_MANY = 4429
 
 
 class ConversationConsumer(AsyncJsonWebsocketConsumer):  # type: ignore[misc]
@@ -56,7 +57,13 @@ class ConversationConsumer(AsyncJsonWebsocketConsumer):  # type: ignore[misc]
         # Every frame checks ownership by id; the headers would only weigh on each of
         # thousands of idle sockets.
         self.scope = {"type": self.scope["type"], "path": self.scope["path"]}
-        user_id, self.attachment = await service().open(session_key, self.conversation_id, self)
+        try:
+            user_id, self.attachment = await service().open(
+                session_key, self.conversation_id, self
+            )
+        except Refused:
+            await self.close(code=CLOSE_TOO_MANY)
+            return
         if user_id is None or self.attachment is None:
             await self.close(code=CLOSE_UNAUTHENTICATED if user_id is None else CLOSE_NOT_FOUND)
             return

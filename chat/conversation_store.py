@@ -18,6 +18,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from chat import refusals
+from chat.limits import take_conversations
 from chat.models import Conversation
 from chat.persistence import State, owned, together_or_each
 from chat.search import matching
@@ -37,8 +38,17 @@ Position = tuple[datetime, UUID]
 
 
 def create_conversations(conversations: list[Conversation]) -> list[Conversation | Exception]:
-    """Store new conversations with one INSERT (each alone if that fails)."""
-    return together_or_each(conversations, Conversation.objects.bulk_create)
+    """Store new conversations with one INSERT (each alone if that fails), those their
+    owners may still make this minute (`chat.limits`)."""
+    return together_or_each(conversations, _create)
+
+
+def _create(conversations: list[Conversation]) -> list[Conversation | Exception]:
+    refused = take_conversations([conversation.owner_id for conversation in conversations])
+    Conversation.objects.bulk_create(
+        [c for c, refusal in zip(conversations, refused, strict=True) if refusal is None]
+    )
+    return [refusal or c for c, refusal in zip(conversations, refused, strict=True)]
 
 
 @orm_step

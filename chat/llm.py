@@ -7,11 +7,10 @@ line parsed with `json.loads`: the SDK's typed chunks cost about ten times the C
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import AsyncGenerator, Iterable
+from collections.abc import AsyncGenerator, Hashable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,10 +19,10 @@ import httpx2
 import openai
 from django.conf import settings
 
-logger = logging.getLogger(__name__)
+from chat.text import estimate_prompt_tokens
+from chat.turns import FairTurns
 
-# A rough tokens-per-character ratio for servers that send no usage.
-CHARS_PER_TOKEN = 4
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -51,11 +50,12 @@ class LLMError(Exception):
 
 class Upstream:
     """The process's way to the model: one shared client, and the turns it hands out when
-    the model serves a limited number of requests at once (`CHAT_UPSTREAM_CONCURRENCY`)."""
+    the model serves a limited number of requests at once (`CHAT_UPSTREAM_CONCURRENCY`),
+    fair between users (`chat.turns`)."""
 
     def __init__(self) -> None:
         self._client: openai.AsyncOpenAI | None = None
-        self._turns: asyncio.Semaphore | None = None
+        self._turns: FairTurns | None = None
 
     @property
     def client(self) -> openai.AsyncOpenAI:
@@ -63,15 +63,15 @@ class Upstream:
             self._client = _build_client()
         return self._client
 
-    def turn(self) -> contextlib.AbstractAsyncContextManager[Any]:
+    def turn(self, user: Hashable) -> contextlib.AbstractAsyncContextManager[Any]:
         """Wait for a free slot (llama.cpp serves one request at a time): waiting here, the
         reply shows as waiting, not as timed out."""
         limit = settings.CHAT_UPSTREAM_CONCURRENCY
         if not limit:
             return contextlib.nullcontext()
         if self._turns is None:
-            self._turns = asyncio.Semaphore(limit)
-        return self._turns
+            self._turns = FairTurns(limit)
+        return self._turns.turn(user)
 
     async def aclose(self) -> None:
         """Close the client's connections (tests, shutdown)."""
@@ -121,13 +121,8 @@ def build_prompt(
     return system + turns
 
 
-def estimate_tokens(text: str) -> int:
-    return max(1, len(text) // CHARS_PER_TOKEN) if text else 0
-
-
 def message_tokens(message: dict[str, str]) -> int:
-    # Chat templates add a few tokens of framing to every message.
-    return estimate_tokens(message["content"]) + 4
+    return estimate_prompt_tokens([message["content"]])
 
 
 # --- Streaming --------------------------------------------------------------------------
@@ -141,9 +136,18 @@ class ReplyStream:
     once, so a reply costs one wake-up per frame instead of one per token.
     """
 
-    def __init__(self, upstream: Upstream, model: str, messages: list[dict[str, str]]) -> None:
+    def __init__(
+        self,
+        upstream: Upstream,
+        model: str,
+        messages: list[dict[str, str]],
+        max_tokens: int | None = None,
+        user: Hashable = None,
+    ) -> None:
         self.upstream = upstream
+        self.user = user  # whose turn it is at the model
         self.model = model
+        self.max_tokens = max_tokens
         self.messages = messages
         self.usage: Usage | None = None
         self.finish_reason: str | None = None
@@ -158,14 +162,14 @@ class ReplyStream:
 
         One generator, no helper generator inside it: every layer costs each read a hop."""
         extra: dict[str, Any] = {}
-        if settings.CHAT_MAX_REPLY_TOKENS:
-            extra["max_tokens"] = settings.CHAT_MAX_REPLY_TOKENS
+        if self.max_tokens:
+            extra["max_tokens"] = self.max_tokens
         create = self.upstream.client.chat.completions.with_streaming_response.create
         try:
             # `async with` closes the upstream request however this ends: a stop must stop
             # billing.
             async with (
-                self.upstream.turn(),
+                self.upstream.turn(self.user),
                 create(
                     model=self.model,
                     # The messages ride in `extra_body`, which the SDK sends as they are:

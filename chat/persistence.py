@@ -20,15 +20,17 @@ from channels.db import database_sync_to_async
 from django.conf import settings
 from django.contrib import auth
 from django.db import transaction
-from django.db.models import Count, F, Min, QuerySet, Sum, Window
+from django.db.models import F, QuerySet, Window
 from django.db.models.functions import RowNumber
 from django.http import HttpRequest
 from django.utils import timezone
 
 from chat import refusals
+from chat.limits import Allowance, ReplyLimits
 from chat.models import Conversation, Message, UsageRecord
 from chat.refusals import Refused
 from chat.row_updates import update_rows
+from chat.text import estimate_prompt_tokens
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -57,6 +59,8 @@ class ReplyPlan:
     user_message: Message | None = None
     # The messages a rewrite of history (edit, regenerate) removed.
     removed: list[UUID] = field(default_factory=list)
+    # The most tokens the reply may write (None: the server's default).
+    max_tokens: int | None = None
 
 
 @dataclass
@@ -196,6 +200,8 @@ def post_user_messages(sends: list[Send]) -> list[ReplyPlan | Message | Exceptio
 
 
 def _post(sends: list[Send]) -> list[ReplyPlan | Message | Exception]:
+    # The users' rows first, then the conversations': every step locks in that order.
+    limits = ReplyLimits({send.user_id for send in sends})
     ids = sorted({send.conversation_id for send in sends})
     # Row locks, taken in one order, serialise each conversation's replies across processes.
     locked = (
@@ -209,7 +215,6 @@ def _post(sends: list[Send]) -> list[ReplyPlan | Message | Exception]:
     messages = Message.objects.filter(conversation__in=list(conversations))
     for message in messages.order_by("created_at"):
         histories[message.conversation_id].append(message)
-    limits = _Limits({send.user_id for send in sends})
     now = timezone.now()
     # A result per send; the sends that start a reply get theirs once all are stored.
     results: list[ReplyPlan | Message | Exception | None] = []
@@ -224,9 +229,9 @@ def _post(sends: list[Send]) -> list[ReplyPlan | Message | Exception]:
             results.append(retried)
             continue
         try:
-            limits.take(send.user_id)
             if _streaming(history):
                 _settle_orphans(conversation, holding_reservation=True)
+            allowance = limits.take(send.user_id, _prompt_tokens(conversation, history, send))
         except Refused as refused:
             results.append(refused)
             continue
@@ -240,7 +245,7 @@ def _post(sends: list[Send]) -> list[ReplyPlan | Message | Exception]:
         )
         if not conversation.title:
             conversation.title = send.content.strip().splitlines()[0][:80]
-        starts[len(results)] = ReplyStart(conversation, history, [user_message])
+        starts[len(results)] = ReplyStart(conversation, history, [user_message], allowance)
         results.append(None)
     plans = _store_replies(list(starts.values()), now)
     for (index, start), plan in zip(starts.items(), plans, strict=True):
@@ -261,16 +266,18 @@ def _sent_before(history: list[Message], client_msg_id: UUID | None) -> Message 
 def regenerate(user_id: int, conversation_id: UUID) -> ReplyPlan:
     """Remove the last reply and plan a new one for the same question."""
     with transaction.atomic():
+        limits = ReplyLimits({user_id})
         conversation = _lock_conversation(user_id, conversation_id)
         history = list(conversation.messages.order_by("created_at"))
         if _streaming(history):
             _settle_orphans(conversation, holding_reservation=True)
         if not history or history[-1].role != Message.Role.ASSISTANT:
             raise refusals.bad_request("There is no reply to regenerate.")
-        _Limits({user_id}).take(user_id)
         last = history.pop()
+        allowance = limits.take(user_id, _prompt_tokens(conversation, history))
         Message.objects.filter(pk=last.pk).delete()
-        [plan] = _store_replies([ReplyStart(conversation, history, [])], timezone.now())
+        start = ReplyStart(conversation, history, [], allowance)
+        [plan] = _store_replies([start], timezone.now())
         plan.removed = [last.pk]
         return plan
 
@@ -279,6 +286,7 @@ def regenerate(user_id: int, conversation_id: UUID) -> ReplyPlan:
 def edit(user_id: int, conversation_id: UUID, message_id: UUID, content: str) -> ReplyPlan:
     """Change a user message, drop everything after it, and plan a reply to it."""
     with transaction.atomic():
+        limits = ReplyLimits({user_id})
         conversation = _lock_conversation(user_id, conversation_id)
         history = list(conversation.messages.order_by("created_at"))
         if _streaming(history):
@@ -288,15 +296,16 @@ def edit(user_id: int, conversation_id: UUID, message_id: UUID, content: str) ->
         )
         if position is None:
             raise refusals.not_found("No such message of yours in this conversation.")
-        _Limits({user_id}).take(user_id)
         message, later = history[position], history[position + 1 :]
+        message.content = content
+        allowance = limits.take(user_id, _prompt_tokens(conversation, history[: position + 1]))
         removed = [m.pk for m in later]
         Message.objects.filter(pk__in=removed).delete()
         now = timezone.now()
-        message.content = content
         message.updated_at = now
         message.save(update_fields=["content", "updated_at"])
-        [plan] = _store_replies([ReplyStart(conversation, history[: position + 1], [])], now)
+        start = ReplyStart(conversation, history[: position + 1], [], allowance)
+        [plan] = _store_replies([start], now)
         plan.user_message = message
         plan.removed = removed
         return plan
@@ -320,6 +329,7 @@ class ReplyStart:
     conversation: Conversation
     history: list[Message]
     new: list[Message]
+    allowance: Allowance
 
 
 def _store_replies(starts: list[ReplyStart], now: datetime) -> list[ReplyPlan]:
@@ -338,12 +348,20 @@ def _store_replies(starts: list[ReplyStart], now: datetime) -> list[ReplyPlan]:
             updated_at=now,
         )
         messages += [*start.new, assistant]
+        # The tokens it may use, reserved until its final write counts what it used.
+        reserved = start.allowance.reserved_tokens
         records.append(
-            UsageRecord(owner_id=conversation.owner_id, message_id=assistant.pk, created_at=now)
+            UsageRecord(
+                owner_id=conversation.owner_id,
+                message_id=assistant.pk,
+                total_tokens=reserved,
+                created_at=now,
+            )
         )
         conversation.updated_at = now
         turns = [(m.role, m.content) for m in [*start.history, *start.new] if m.content]
-        plans.append(ReplyPlan(conversation, assistant, turns))
+        plan = ReplyPlan(conversation, assistant, turns, max_tokens=start.allowance.max_tokens)
+        plans.append(plan)
     if plans:
         Message.objects.bulk_create(messages)
         UsageRecord.objects.bulk_create(records)
@@ -386,45 +404,16 @@ def _settle_orphans(
     )
 
 
-class _Limits:
-    """Replies started per minute and tokens per day, whatever started them, for a set of
-    users: one query per limit, however many users."""
-
-    def __init__(self, user_ids: set[int]) -> None:
-        now = timezone.now()
-        records = UsageRecord.objects.filter(owner_id__in=user_ids).values_list("owner_id")
-        self.now = now
-        recent = records.filter(created_at__gte=now - timedelta(minutes=1))
-        self.started: dict[int, tuple[int, datetime]] = {
-            owner_id: (count, oldest)
-            for owner_id, count, oldest in recent.annotate(Count("id"), Min("created_at"))
-        }
-        self.used: dict[int, int] = {}
-        if settings.CHAT_TOKENS_PER_DAY:
-            midnight = now.replace(hour=0, minute=0, second=0, microsecond=0)
-            today = records.filter(created_at__gte=midnight)
-            self.used = dict(today.annotate(Sum("total_tokens")))
-
-    def take(self, user_id: int) -> None:
-        """Count one more reply for the user, or refuse it, saying when to try again."""
-        started, oldest = self.started.get(user_id, (0, self.now))
-        if started >= settings.CHAT_MESSAGES_PER_MINUTE:
-            wait = 60 - int((self.now - oldest).total_seconds())
-            raise Refused(
-                "rate_limited",
-                f"You are sending messages too fast; try again in {wait} seconds.",
-                retry_after=max(1, wait),
-            )
-        if settings.CHAT_TOKENS_PER_DAY and (
-            (self.used.get(user_id) or 0) >= settings.CHAT_TOKENS_PER_DAY
-        ):
-            tomorrow = (self.now + timedelta(days=1)).replace(hour=0, minute=0, second=0)
-            raise Refused(
-                "quota_exceeded",
-                "You have used today's tokens; the quota renews at midnight UTC.",
-                retry_after=max(1, int((tomorrow - self.now).total_seconds())),
-            )
-        self.started[user_id] = (started + 1, oldest)
+def _prompt_tokens(
+    conversation: Conversation, history: list[Message], send: Send | None = None
+) -> int:
+    """The tokens of the prompt a reply will be sent, estimated (within the budget)."""
+    texts = [conversation.system_prompt, *(m.content for m in history if m.content)]
+    if send is not None:
+        texts.append(send.content)
+    estimate = estimate_prompt_tokens([text for text in texts if text])
+    budget = settings.CHAT_CONTEXT_TOKENS
+    return min(estimate, budget) if budget else estimate
 
 
 # --- While and after a reply streams -------------------------------------------------------

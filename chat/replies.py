@@ -78,9 +78,18 @@ class Reply:
             self._sent[:] = ["".join(self._sent)]
         return self._sent[0] if self._sent else ""
 
-    def start(self, message_id: UUID, model: str, prompt: list[dict[str, str]]) -> None:
+    def start(
+        self,
+        message_id: UUID,
+        model: str,
+        prompt: list[dict[str, str]],
+        max_tokens: int | None = None,
+        user_id: int | None = None,
+    ) -> None:
         self.message_id = message_id
-        self.stream = llm.ReplyStream(self.replies.upstream, model, prompt)
+        self.stream = llm.ReplyStream(
+            self.replies.upstream, model, prompt, max_tokens=max_tokens, user=user_id
+        )
         self.task = asyncio.create_task(self._run(self.stream), name=f"reply-{message_id}")
         self.task.add_done_callback(self._task_done)
         self.replies.clock.ensure_running()

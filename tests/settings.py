@@ -26,3 +26,8 @@ else:
 CHAT_READ_TIMEOUT = 1.0
 CHAT_CONNECT_TIMEOUT = 1.0
 CHAT_MESSAGES_PER_MINUTE = 1000
+# Many replies and conversations of one user at once (the load tests); each cap has its
+# own test with a small value.
+CHAT_REPLIES_RUNNING_PER_USER = 1000
+CHAT_CONVERSATIONS_PER_MINUTE = 1000
+CHAT_SOCKETS_PER_USER = 1000

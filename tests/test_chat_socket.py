@@ -278,7 +278,8 @@ async def test_messages_per_minute_are_limited(llm, user, conversation, open_soc
 
 
 async def test_tokens_per_day_are_limited(llm, user, conversation, open_socket, settings):
-    settings.CHAT_TOKENS_PER_DAY = 10
+    # Enough for one reply of 20 tokens and a short prompt, not for two.
+    settings.CHAT_TOKENS_PER_DAY = 40
     socket = await open_socket(user, conversation.id)
     await socket.send(type="send", content="one")
     await socket.receive_until("done")
@@ -349,7 +350,8 @@ async def test_regenerate_counts_toward_the_rate_limit(
 async def test_replacing_a_reply_does_not_give_its_tokens_back(
     llm, user, conversation, open_socket, settings
 ):
-    settings.CHAT_TOKENS_PER_DAY = 10
+    # Enough for one reply of 20 tokens and a short prompt, not for two.
+    settings.CHAT_TOKENS_PER_DAY = 40
     socket = await open_socket(user, conversation.id)
     await socket.send(type="send", content="one")
     first = (await socket.receive_until("done"))[-1]

@@ -36,6 +36,7 @@ async def local_llm(model_server, settings) -> AsyncIterator[local_model.LocalMo
     settings.CHAT_READ_TIMEOUT = 60
     settings.CHAT_UPSTREAM_CONCURRENCY = 1
     settings.CHAT_CONTEXT_TOKENS = local_model.PROMPT_BUDGET
+    settings.CHAT_MAX_REPLY_TOKENS = local_model.REPLY_TOKENS
     yield model_server
     await chats.service().stop_all()
 
