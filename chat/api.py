@@ -24,7 +24,7 @@ from ninja.errors import HttpError, ValidationError
 from pydantic import Field
 
 from chat import exports, sse
-from chat.api_auth import AUTH, CsrfFailed
+from chat.api_auth import AUTH, CsrfFailed, session_key
 from chat.api_schemas import (
     ConversationChange,
     ConversationIn,
@@ -277,7 +277,7 @@ async def answer_reply(
         return Status(201 if started.reply is not None else 200, body)
     # Watch first, so that no frame of the reply is missed; a refusal is still JSON.
     queue = sse.EventQueue()
-    attachment = service().watch(conversation_id, queue)
+    attachment = service().watch(conversation_id, queue, session_key=session_key(request))
     try:
         started = await start()
     except BaseException:
@@ -316,7 +316,9 @@ async def follow_reply(
     request: HttpRequest, conversation_id: UUID, after: int | None
 ) -> StreamingHttpResponse:
     queue = sse.EventQueue()
-    attachment = await service().follow(user_id(request), conversation_id, queue, after=after)
+    attachment = await service().follow(
+        user_id(request), conversation_id, queue, after=after, session_key=session_key(request)
+    )
     return sse.event_stream(queue, attachment, sse.any_done)
 
 

@@ -40,6 +40,14 @@ class CsrfFailed(Exception):
         self.response = response
 
 
+def session_key(request: HttpRequest) -> str | None:
+    """The session a request was let in by; None for a token's."""
+    scheme = request.headers.get("Authorization", "").split(" ", 1)[0]
+    if scheme.lower() == "bearer":
+        return None
+    return request.COOKIES.get(settings.SESSION_COOKIE_NAME)
+
+
 class BearerToken(HttpBearer):
     """`Authorization: Bearer <personal token>` (chat.tokens)."""
 

@@ -142,20 +142,35 @@ class ChatService:
             )
         attachment.user_id = user_id
         self.count_socket(user_id, 1)
-        self._sessions.setdefault(session_key, set()).add(attachment)
-        self._check_sessions_from_now_on()
+        self._hold_session(attachment)
         if self.crossprocess is not None:
             await self._hear_of_logouts_elsewhere()
         await self._send_state(attachment, state)
         return user_id, attachment
 
-    def watch(self, conversation_id: UUID, watcher: Watcher) -> Attachment:
+    def watch(
+        self, conversation_id: UUID, watcher: Watcher, *, session_key: str | None = None
+    ) -> Attachment:
         """Watch every frame of the conversation from now on, without a `state` (a caller
-        that is about to act on it, and has checked or will check that it may)."""
-        return Attachment(self, conversation_id, watcher, hold=False)
+        that is about to act on it, and has checked or will check that it may). With the
+        session that asks, the watcher's `end_session` is called when it ends."""
+        attachment = Attachment(self, conversation_id, watcher, session_key, hold=False)
+        self._hold_session(attachment)
+        return attachment
+
+    def _hold_session(self, attachment: Attachment) -> None:
+        if attachment.session_key is not None:
+            self._sessions.setdefault(attachment.session_key, set()).add(attachment)
+            self._check_sessions_from_now_on()
 
     async def follow(
-        self, user_id: int, conversation_id: UUID, watcher: Watcher, *, after: int | None
+        self,
+        user_id: int,
+        conversation_id: UUID,
+        watcher: Watcher,
+        *,
+        after: int | None,
+        session_key: str | None = None,
     ) -> Attachment | None:
         """Reattach to the running reply: the delta frames after `after` (a `state` when
         None), then every frame as it comes; the attachment, to detach once the reply is
@@ -166,16 +181,20 @@ class ChatService:
         if reply is not None and reply.done is not None:
             reply = None  # it has sent its `done`: only its last step keeps it registered
         if reply is None or reply.message_id is None or after is None:
-            attachment = Attachment(self, conversation_id, watcher) if reply else None
+            attachment = None
+            if reply is not None:
+                attachment = Attachment(self, conversation_id, watcher, session_key)
             state = await conversation_store.transcript(
                 user_id, conversation_id, latest=settings.CHAT_STATE_MESSAGES
             )
             if attachment is None:
                 await watcher.deliver(*_encoded(self._state_frame(state)))
             else:
+                self._hold_session(attachment)
                 await self._send_state(attachment, state)
             return attachment
-        attachment = Attachment(self, conversation_id, watcher)
+        attachment = Attachment(self, conversation_id, watcher, session_key)
+        self._hold_session(attachment)
         for frame in reply.deltas_after(after):
             await watcher.deliver(*_encoded(frame))
         await attachment.release({"message_id": str(reply.message_id), "seq": reply.seq})

@@ -10,6 +10,7 @@ accepts. A client that goes away only stops watching: the reply goes on and is s
 from __future__ import annotations
 
 import asyncio
+import json
 import weakref
 from collections.abc import AsyncIterator, Callable
 
@@ -67,19 +68,22 @@ class EventQueue:
 
     def __init__(self) -> None:
         self._frames: asyncio.Queue[tuple[Frame, str]] = asyncio.Queue()
+        self.session_ended = False
 
     async def deliver(self, frame: Frame, text: str) -> None:
         self._frames.put_nowait((frame, text))
 
+    async def end_session(self) -> None:
+        """Its session has ended (a logout, an expiry): one `error` event, then the end."""
+        frame = {"type": "error", "code": "unauthorized", "detail": "Your session has ended."}
+        self.session_ended = True
+        self._frames.put_nowait((frame, json.dumps(frame)))
+
     def pending(self) -> int:
         return self._frames.qsize()
 
-    async def next(self, timeout: float) -> tuple[Frame, str] | None:
-        """The next frame, or None after `timeout` seconds without one."""
-        try:
-            return await asyncio.wait_for(self._frames.get(), timeout)
-        except TimeoutError:
-            return None
+    async def next(self) -> tuple[Frame, str]:
+        return await self._frames.get()
 
 
 def wants_events(accept: str) -> bool:
@@ -116,13 +120,14 @@ async def _events(
 ) -> AsyncIterator[bytes]:
     try:
         while attachment is not None or queue.pending():
-            queued = await queue.next(KEEP_ALIVE_SECONDS)
-            if queued is None:
+            try:
+                async with asyncio.timeout(KEEP_ALIVE_SECONDS):
+                    frame, text = await queue.next()
+            except TimeoutError:
                 yield KEEP_ALIVE
                 continue
-            frame, text = queued
             yield encode(frame, text)
-            if last(frame):
+            if last(frame) or queue.session_ended:
                 return
     finally:
         # Also when the client went away (the handler cancels or closes this generator).

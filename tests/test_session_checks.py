@@ -5,6 +5,7 @@ sockets of other sessions stay open."""
 from __future__ import annotations
 
 import asyncio
+import json
 from datetime import timedelta
 
 import pytest
@@ -12,9 +13,13 @@ from asgiref.sync import sync_to_async
 from django.contrib.sessions.models import Session
 from django.utils import timezone
 
-from chat import session_checks
+from chat import chats, session_checks
+from chat.models import Message
+from tests.api_client import SSE, EventReader, is_type, url
 from tests.chat_socket import ChatSocket
 from tests.conftest import logged_in_client, session_cookie
+from tests.llm_server import Behaviour
+from tests.polling import wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -82,8 +87,6 @@ async def test_checking_many_sessions_takes_two_queries(
 
 
 async def test_no_check_runs_without_open_sockets(llm, user, conversation, settings):
-    from chat import chats
-
     settings.CHAT_SESSION_CHECK_SECONDS = 0.01
     client = await logged_in_client(user)
     tab = ChatSocket(conversation.id, cookie=session_cookie(client))
@@ -94,3 +97,31 @@ async def test_no_check_runs_without_open_sockets(llm, user, conversation, setti
     await tab.close()
     async with asyncio.timeout(2):
         await asyncio.gather(checks, return_exceptions=True)
+
+
+async def test_an_sse_stream_ends_with_its_session(llm, user, conversation, settings):
+    """A stream that a session let in ends with one `error` event when that session
+    ends (here by expiring); the reply itself goes on and is saved."""
+    settings.CHAT_SESSION_CHECK_SECONDS = 0.05
+    llm.behaviour = Behaviour(tokens=300, token_delay=0.01)
+    client = await logged_in_client(user)
+    response = await client.post(
+        url(conversation, "messages"),
+        json.dumps({"content": "Hello"}),
+        content_type="application/json",
+        headers=SSE,
+    )
+    events = EventReader(response)
+    await events.until(is_type("delta"))
+
+    await expire_session(user, client.session.session_key)
+
+    async with asyncio.timeout(5):
+        rest = await events.rest()
+    assert rest[-1].event == "error" and rest[-1].data["code"] == "unauthorized"
+    assert not any(event.event == "done" for event in rest)
+    message = await Message.objects.aget(conversation=conversation, role="assistant")
+    async with asyncio.timeout(10):
+        await wait_until(lambda: chats.service().replies.running(conversation.id) is None)
+    await message.arefresh_from_db()
+    assert message.status == "complete"
