@@ -1,4 +1,4 @@
-"""The JSON and SSE API (DESIGN.md section 4), on django-ninja.
+"""The JSON and SSE API (README, "JSON API"), on django-ninja.
 
 The views are adapters: they read the request, know who asks (`chat.api_auth`), call the
 chat service and translate what it answers or refuses. Every error is JSON

@@ -1,4 +1,4 @@
-"""Routes of the JSON API, mounted under /api/ (DESIGN.md section 4): django-ninja's, made
+"""Routes of the JSON API, mounted under /api/ (README, "JSON API"): django-ninja's, made
 to answer in the API's JSON error shape where ninja would not (a method a route does not
 take, a path that is no route)."""
 

@@ -2,7 +2,7 @@
 
 The stream is read from the client's raw response (`with_streaming_response`) and each SSE
 line parsed with `json.loads`: the SDK's typed chunks cost about ten times the CPU per token
-(DESIGN.md section 5), and a relay of thousands of chats is mostly per-token work.
+(README, "How it works"), and a relay of thousands of chats is mostly per-token work.
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ KEEP_ALIVE = b": keep-alive\n\n"
 
 FrameTest = Callable[[Frame], bool]
 
-# What each frame type holds besides `type` (DESIGN.md section 4, "Websocket").
+# What each frame type holds besides `type` (README, "Websocket protocol").
 FRAME_FIELDS = {
     "state": ["conversation", "messages", "streaming"],
     "message": ["message"],

@@ -20,7 +20,7 @@ from tests.polling import wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-# Redis runs on every development and CI machine (DESIGN.md section 6).
+# Redis runs on every development and CI machine (README, "Tests").
 REDIS_URL = os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0"
 
 
