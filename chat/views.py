@@ -25,22 +25,31 @@ INDEX_LIMIT = 200
 @login_required
 async def index(request: HttpRequest) -> HttpResponse:
     """The user's conversations, newest first, and a button to start one."""
-    user = await logged_in_user(request)
+    return await index_page(request, await logged_in_user(request))
+
+
+async def index_page(
+    request: HttpRequest, user: User, *, refusal: str = "", status: int = 200
+) -> HttpResponse:
     conversations = await service().conversations(user.pk, limit=INDEX_LIMIT)
     # `user` is passed explicitly: the auth context processor's lazy `request.user`
     # would query the database synchronously inside this async view.
-    return render(request, "chat/index.html", {"user": user, "conversations": conversations})
+    context = {"user": user, "conversations": conversations, "refusal": refusal}
+    return render(request, "chat/index.html", context, status=status)
 
 
 @require_http_methods(["GET", "POST"])
 @login_required
-async def new(request: HttpRequest) -> HttpResponseRedirect:
+async def new(request: HttpRequest) -> HttpResponse:
     """Start an empty conversation with the default model and open it."""
     if request.method == "GET":
         # Where a login interrupted a click on "New chat": back to the list, nothing made.
         return redirect("chat:index")
     user = await logged_in_user(request)
-    conversation = await service().create(user.pk)
+    try:
+        conversation = await service().create(user.pk)
+    except Refused as refused:  # too many new chats this minute: say when to come back
+        return await index_page(request, user, refusal=refused.detail, status=429)
     return redirect("chat:conversation", conversation_id=conversation.id)
 
 

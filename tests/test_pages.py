@@ -125,6 +125,15 @@ def test_new_creates_conversation_and_redirects(logged_in: Client, user: Abstrac
     assert response["Location"] == conversation_url(conversation.id)
 
 
+def test_new_over_the_limit_says_when_to_come_back(logged_in: Client, settings: Any) -> None:
+    settings.CHAT_CONVERSATIONS_PER_MINUTE = 1
+    logged_in.post(reverse("chat:new"))
+    response = logged_in.post(reverse("chat:new"))
+    assert response.status_code == 429
+    assert "try again in" in response.content.decode()
+    assert Conversation.objects.count() == 1
+
+
 def test_new_get_goes_back_to_the_list_and_creates_nothing(logged_in: Client) -> None:
     # Where the login form sends someone whose "New chat" click needed a login first.
     response = logged_in.get(reverse("chat:new"))
