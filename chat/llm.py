@@ -268,6 +268,7 @@ class ReplyStream:
         if not isinstance(chunk, dict):
             raise LLMError("upstream_malformed", "The model sent a chunk we cannot read.")
         if "error" in chunk:
+            logger.warning("the model's stream carried an error: %r", chunk["error"])
             raise LLMError("upstream_error", _error_message(chunk["error"]))
         if usage := chunk.get("usage"):
             self.usage = Usage(
@@ -305,11 +306,21 @@ def _aiohttp_response(response: object) -> aiohttp.ClientResponse | None:
 # --- Errors -----------------------------------------------------------------------------
 
 
+# The most of an upstream error message a user is shown; the whole body goes to the log.
+SHOWN_ERROR_CHARS = 200
+
+
 def _error_message(error: object) -> str:
+    """What helps a user of an upstream error body: its message's first line, trimmed.
+    Servers put stack traces, prompts and internal names after it."""
     if isinstance(error, dict):
         # OpenAI says {"message": ...}; FastAPI-based servers say {"detail": ...}.
         error = error.get("message") or error.get("detail") or error
-    return str(error)[:300]
+    lines = str(error).strip().splitlines()
+    first = lines[0].strip() if lines else ""
+    if len(first) > SHOWN_ERROR_CHARS:
+        first = first[: SHOWN_ERROR_CHARS - 1].rstrip() + "\u2026"
+    return first or "No reason given."
 
 
 def _caused_by(exc: BaseException, kind: type[BaseException]) -> bool:
@@ -337,6 +348,7 @@ def _error_from_sdk(exc: openai.APIError) -> LLMError:
     if isinstance(exc, openai.AuthenticationError | openai.PermissionDeniedError):
         return LLMError("upstream_auth", "The model's server refused our credentials.")
     if isinstance(exc, openai.APIStatusError):
+        logger.warning("the model's server answered %s: %r", exc.status_code, exc.body)
         detail = _error_message(exc.body) if exc.body else exc.message
         status = exc.status_code
         return LLMError("upstream_error", f"The model's server answered {status}: {detail}")

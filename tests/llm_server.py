@@ -47,6 +47,7 @@ class Behaviour:
     send_usage: bool = True  # honour stream_options.include_usage
     stall_seconds: float = 30.0
     words: Sequence[str] | None = None  # the reply's tokens, instead of w0, w1, ...
+    error_message: str = "The server had an error."  # the 500 fault's message
 
     def __post_init__(self) -> None:
         if self.fault is not None and self.fault not in FAULTS:
@@ -275,7 +276,7 @@ class FakeLLM:
             error = _error_body("Rate limit reached.", "requests", "rate_limit_exceeded")
             return web.json_response(error, status=429, headers={"retry-after-ms": "10"})
         if behaviour.fault == "500":
-            error = _error_body("The server had an error.", "server_error")
+            error = _error_body(behaviour.error_message, "server_error")
             return web.json_response(error, status=500, headers={"retry-after-ms": "10"})
         encoder = ChunkEncoder(f"chatcmpl-{next(self._ids)}", int(time.time()), model)
         prompt_tokens = _count_prompt_tokens(body["messages"])

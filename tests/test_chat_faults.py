@@ -69,3 +69,21 @@ async def test_server_without_usage_gets_estimated_usage(llm, user, conversation
     assert usage["estimated"] and usage["completion_tokens"] == 12 and usage["prompt_tokens"] > 0
     stored = await Message.objects.aget(pk=done["message_id"])
     assert stored.usage_estimated and stored.total_tokens == usage["total_tokens"]
+
+
+async def test_upstream_error_body_is_trimmed_for_the_user_and_logged_whole(
+    llm, user, make_conversation, open_socket, caplog
+):
+    secret_trace = "Traceback (most recent call last):\n  File '/srv/model/internal.py'"
+    llm.models["verbose"] = Behaviour(
+        fault="500", error_message="CUDA out of memory. " + "x" * 400 + "\n" + secret_trace
+    )
+    conversation = await sync_to_async(make_conversation)(user, model="verbose")
+    socket = await open_socket(user, conversation.id)
+    with caplog.at_level(logging.WARNING):
+        await socket.send(type="send", content="Hello")
+        done = (await socket.receive_until("done"))[-1]
+    detail = done["error"]["detail"]
+    assert detail.startswith("The model's server answered 500: CUDA out of memory.")
+    assert "Traceback" not in detail and "internal.py" not in detail and len(detail) < 300
+    assert any("internal.py" in record.getMessage() for record in caplog.records)
