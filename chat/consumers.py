@@ -12,7 +12,6 @@ from contextlib import suppress
 from typing import Any
 from uuid import UUID
 
-from channels.consumer import get_handler_name
 from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
@@ -103,14 +102,6 @@ class ConversationConsumer(AsyncJsonWebsocketConsumer):  # type: ignore[misc]
     async def deliver(self, frame: Frame, text: str) -> None:
         """A frame for everyone watching this conversation."""
         await self.send(text_data=text)
-
-    async def dispatch(self, message: dict[str, Any]) -> None:
-        """As channels does, without its hop to the ORM thread before every frame: each
-        database step closes stale connections itself (`persistence.db_step`)."""
-        handler = getattr(self, get_handler_name(message), None)
-        if handler is None:
-            raise ValueError(f"No handler for message type {message['type']}")
-        await handler(message)
 
     # --- Frames in --------------------------------------------------------------------------
 
