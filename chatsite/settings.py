@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +65,7 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "channels",
+    "axes",
     "chat",
 ]
 
@@ -74,6 +76,8 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    # Turns a login that axes locked out into its page (chat.login_throttling).
+    "axes.middleware.AxesMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
@@ -145,6 +149,11 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
+AUTHENTICATION_BACKENDS = [
+    # First: a locked-out login is refused before the next backend hashes its password.
+    "chat.login_throttling.LoginThrottleBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "chat:index"
 LOGOUT_REDIRECT_URL = "login"
@@ -188,6 +197,38 @@ SECURE_SSL_REDIRECT = not DEBUG and env_bool("DJANGO_SECURE_SSL_REDIRECT")
 SECURE_HSTS_SECONDS = 0 if DEBUG else env_int("DJANGO_SECURE_HSTS_SECONDS", 0)
 SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("DJANGO_SECURE_HSTS_INCLUDE_SUBDOMAINS")
 SECURE_HSTS_PRELOAD = env_bool("DJANGO_SECURE_HSTS_PRELOAD")
+
+# --- Login throttling (django-axes) ------------------------------------------------------
+
+# CHAT_LOGIN_FAILURES failed logins for one username from one address lock that pair out
+# for the cool-off; each attempt meanwhile starts it over. By the pair, so that an attacker
+# cannot lock a user out everywhere, only from where the attacker is. A success resets it.
+CHAT_LOGIN_FAILURES = env_int("CHAT_LOGIN_FAILURES", 5)
+CHAT_LOGIN_COOLOFF_MINUTES = env_float("CHAT_LOGIN_COOLOFF_MINUTES", 15.0)
+if CHAT_LOGIN_COOLOFF_MINUTES <= 0:
+    raise ImproperlyConfigured("CHAT_LOGIN_COOLOFF_MINUTES must be above 0.")
+AXES_ENABLED = CHAT_LOGIN_FAILURES > 0
+AXES_FAILURE_LIMIT = max(CHAT_LOGIN_FAILURES, 1)
+AXES_COOLOFF_TIME = timedelta(minutes=CHAT_LOGIN_COOLOFF_MINUTES)
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_LOCKOUT_CALLABLE = "chat.login_throttling.lockout_response"
+# Attempts are kept until their cool-off ends; successful logins are not logged, and
+# failures are logged with the username and address only.
+AXES_DISABLE_ACCESS_LOG = True
+AXES_VERBOSE = False
+# The client's address: the direct peer's; behind a proxy, the right-most address of the
+# header it sets or appends to, which is what the proxy saw (a client can only add to the
+# left), or with more proxies that append, the one CHAT_CLIENT_IP_PROXY_COUNT further left.
+_client_ip_header = os.environ.get("CHAT_CLIENT_IP_HEADER", "").strip()
+if _client_ip_header:
+    AXES_IPWARE_META_PRECEDENCE_ORDER = (
+        "HTTP_" + _client_ip_header.upper().replace("-", "_"),
+        "REMOTE_ADDR",
+    )
+    AXES_IPWARE_PROXY_COUNT = env_int("CHAT_CLIENT_IP_PROXY_COUNT", 0)
+    # Count from the right even when a client sent the header itself.
+    IPWARE_STRICT = False
 
 # --- Static files, i18n -----------------------------------------------------------------
 
