@@ -1,4 +1,5 @@
-"""The benchmark's clients: real websockets on 127.0.0.1, each reply timed frame by frame.
+"""The benchmark's clients: real websockets on 127.0.0.1, each reply timed frame by frame
+(`bench.event_streams` reads the same replies over SSE).
 
 A target is where chats go: the project (a logged-in user per chat, a conversation made
 through the JSON API, `state` on connect) or the reference relay (a bare socket).
@@ -58,15 +59,18 @@ class Project:
     def cookies(self, user: int) -> str:
         return f"{self.cookie_name}={self.sessions[user]}; csrftoken={self.csrf_token}"
 
-    async def new_chat(self, http: aiohttp.ClientSession, user: int) -> Endpoint:
-        headers = {
+    def api_headers(self, user: int) -> dict[str, str]:
+        """What user `i`'s page sends with a JSON request that changes something."""
+        return {
             "Cookie": self.cookies(user),
             "Origin": self.base_url,
             "X-CSRFToken": self.csrf_token,
             "Content-Type": "application/json",
         }
+
+    async def new_chat(self, http: aiohttp.ClientSession, user: int) -> Endpoint:
         url = f"{self.base_url}/api/conversations/"
-        async with http.post(url, data="{}", headers=headers) as response:
+        async with http.post(url, data="{}", headers=self.api_headers(user)) as response:
             if response.status != 201:
                 detail = await response.text()
                 raise RuntimeError(f"creating a conversation: {response.status} {detail}")
@@ -180,6 +184,18 @@ class Reply:
     status: str | None = None
     error: str | None = None
     _parts: list[str] = field(default_factory=list, repr=False)
+    # The last frame's arrival, from the first delta on.
+    _last: float | None = field(default=None, repr=False)
+
+
+def finish(reply: Reply) -> Reply:
+    """The reply's text joined, its times made relative to its send."""
+    reply.text = "".join(reply._parts)
+    if reply.first_delta is not None:
+        reply.first_delta -= reply.sent_at
+    if reply.done_at is not None:
+        reply.done_at -= reply.sent_at
+    return reply
 
 
 async def read_reply(
@@ -193,35 +209,32 @@ async def read_reply(
     runs out of time is a result to report beside the others, not an error for the caller.
     """
     reply = Reply(chat.endpoint.conversation_id)
-    last: float | None = None  # the last frame's arrival, from the first delta on
     try:
         async with asyncio.timeout(timeout):
             while reply.status is None and reply.error is None:
                 message = await chat.socket.receive()
                 now = time.perf_counter()
                 if message.type != aiohttp.WSMsgType.TEXT:
-                    reply.error = f"socket {message.type.name.lower()} before done"
+                    # A close carries its code (and reason), an error its exception.
+                    details = f" {message.data!r} {message.extra!r}" if message.data else ""
+                    reply.error = f"socket {message.type.name.lower()} before done{details}"
                     break
-                frame: dict[str, Any] = json.loads(message.data)
-                if frame["type"] == "delta" and reply.first_delta is None:
-                    reply.first_delta = now
-                if last is not None:
-                    reply.largest_gap = max(reply.largest_gap, now - last)
-                if reply.first_delta is not None:
-                    last = now
-                _take(reply, frame, now)
+                take_frame(reply, json.loads(message.data), now)
     except TimeoutError:
         reply.error = f"no done within {timeout:.0f} s"
-    reply.text = "".join(reply._parts)
-    start = reply.sent_at = await sent
+    reply.sent_at = await sent
+    return finish(reply)
+
+
+def take_frame(reply: Reply, frame: dict[str, Any], now: float) -> None:
+    """One frame of a reply, arrived at `now` (perf_counter), timed and checked: deltas
+    in order, `done` holding all their text."""
+    if frame["type"] == "delta" and reply.first_delta is None:
+        reply.first_delta = now
+    if reply._last is not None:
+        reply.largest_gap = max(reply.largest_gap, now - reply._last)
     if reply.first_delta is not None:
-        reply.first_delta -= start
-    if reply.done_at is not None:
-        reply.done_at -= start
-    return reply
-
-
-def _take(reply: Reply, frame: dict[str, Any], now: float) -> None:
+        reply._last = now
     kind = frame["type"]
     if kind == "delta":
         reply.deltas += 1

@@ -106,6 +106,11 @@ def _cpu_ratio(ours: Measures, reference: Measures | None) -> bool | None:
     return None if value is None else value <= 0.35
 
 
+def _sse_cpu_ratio(sse: Measures, websocket: Measures | None) -> bool | None:
+    value = ratio(sse.cpu_per_token_us, websocket.cpu_per_token_us if websocket else None)
+    return None if value is None else value <= 1.25
+
+
 ROWS = (
     Row("one chat alone (s)", "alone_s", 2),
     Row("all K at once, wall (s)", "wall_s", 2),
@@ -131,6 +136,16 @@ ROWS = (
 )
 
 
+# The project over SSE beside itself over websockets: what differs is the transport.
+_SSE_CHECKS: dict[str, tuple[str, Check]] = {"cpu_per_token_us": ("<= 1.25 x ws", _sse_cpu_ratio)}
+_NOT_OVER_SSE = {"connect_cpu_ms", "idle_kib"}
+SSE_ROWS = tuple(
+    Row(row.label, row.key, row.digits, *_SSE_CHECKS.get(row.key, (row.target, row.check)))
+    for row in ROWS
+    if row.key not in _NOT_OVER_SSE
+)
+
+
 def _cell(value: Any, digits: int) -> str:
     if value is None:
         return "n/a"
@@ -141,21 +156,32 @@ def _cell(value: Any, digits: int) -> str:
 
 def table(ours: Measures, reference: Measures | None) -> str:
     """A Markdown table: each figure for ours and the reference, their ratio, the target."""
+    return _table(ROWS, ("ours", "reference", "ours / ref"), ours, reference)
+
+
+def sse_table(sse: Measures, websocket: Measures) -> str:
+    """The same for the project over SSE against its websocket figures."""
+    return _table(SSE_ROWS, ("SSE", "websocket", "SSE / ws"), sse, websocket)
+
+
+def _table(
+    rows: Sequence[Row], names: tuple[str, str, str], mine: Measures, theirs: Measures | None
+) -> str:
     lines = [
-        "| measure | ours | reference | ours / ref | target | met |",
+        f"| measure | {names[0]} | {names[1]} | {names[2]} | target | met |",
         "| --- | ---: | ---: | ---: | --- | --- |",
     ]
-    for row in ROWS:
-        mine = getattr(ours, row.key)
-        theirs = getattr(reference, row.key) if reference else None
-        both = isinstance(mine, float) and isinstance(theirs, float)
-        mine_to_theirs = ratio(mine, theirs) if both else None
-        met = row.check(ours, reference) if row.check else None
+    for row in rows:
+        value = getattr(mine, row.key)
+        other = getattr(theirs, row.key) if theirs else None
+        both = isinstance(value, float) and isinstance(other, float)
+        value_to_other = ratio(value, other) if both else None
+        met = row.check(mine, theirs) if row.check else None
         cells = [
             row.label,
-            _cell(mine, row.digits),
-            _cell(theirs, row.digits),
-            "" if mine_to_theirs is None else _cell(mine_to_theirs, 2),
+            _cell(value, row.digits),
+            _cell(other, row.digits),
+            "" if value_to_other is None else _cell(value_to_other, 2),
             row.target,
             "" if met is None else ("yes" if met else "NO"),
         ]
@@ -165,3 +191,7 @@ def table(ours: Measures, reference: Measures | None) -> str:
 
 def targets_met(ours: Measures, reference: Measures | None) -> dict[str, bool | None]:
     return {row.key: row.check(ours, reference) for row in ROWS if row.check}
+
+
+def sse_targets_met(sse: Measures, websocket: Measures) -> dict[str, bool | None]:
+    return {row.key: row.check(sse, websocket) for row in SSE_ROWS if row.check}

@@ -1,10 +1,13 @@
 """Run the benchmark: K chats at once through the project, then through the reference relay.
 
     python -m bench.run --k 200 --tokens 200 --rate 40 --idle-sockets 500 --json out.json
+    python -m bench.run --k 200 --sse      # the project over SSE too, against the same server
 
 Starts the test model server at the set pace, then the project under daphne (one process,
 SQLite in a temporary folder), then the reference relay under daphne, measures each in
-turn, prints one Markdown table and stops everything it started, whatever happens.
+turn, prints one Markdown table and stops everything it started, whatever happens. With
+`--sse`, K more chats then stream their replies over SSE from the same project server,
+and a second table sets their figures beside the websocket's.
 """
 
 from __future__ import annotations
@@ -19,13 +22,13 @@ import signal
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 
-from bench import chats, report
+from bench import chats, event_streams, report
 from bench.processes import (
     HOST,
     ROOT,
@@ -55,6 +58,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--idle-sockets", type=int, default=500, help="idle sockets for the memory figure (500)"
     )
     parser.add_argument("--skip-reference", action="store_true", help="measure only ours")
+    parser.add_argument(
+        "--sse", action="store_true", help="then K chats over SSE, against the same server"
+    )
     parser.add_argument("--json", type=Path, help="also write every figure to this file")
     parser.add_argument(
         "--profile",
@@ -91,6 +97,8 @@ def project_env(folder: Path, model_url: str) -> dict[str, str]:
         "OPENAI_API_KEY": "bench",
         "CHAT_MODELS": MODEL,
         "CHAT_MESSAGES_PER_MINUTE": "1000000",
+        # The idle sockets are all one user's.
+        "CHAT_SOCKETS_PER_USER": "1000000",
         "CHAT_TOKENS_PER_DAY": "0",
     }
 
@@ -177,7 +185,8 @@ async def measure(
             sockets, failed = await set_up_all(http, target, args.k, probe, measures)
         await asyncio.sleep(0.5)
         async with profiling(server, profile, "replies"):
-            replies = await reply_all(sockets, timeout, expected, probe, model, measures)
+            at_once = chats.chat_at_once(sockets, timeout)
+            replies = await reply_all(at_once, expected, probe, model, measures)
         await chats.close_all([*sockets, alone])
 
     measures.errors += len(failed)
@@ -209,18 +218,18 @@ async def set_up_all(
 
 
 async def reply_all(
-    sockets: list[chats.Chat],
-    timeout: float,  # noqa: ASYNC109 - each reader's own (chats.read_reply)
+    at_once: Awaitable[tuple[float, list[chats.Reply]]],
     expected: str,
     probe: Probe,
     model: Child,
     measures: report.Measures,
 ) -> list[chats.Reply]:
-    """Every chat sends at once; the CPU of each process and the server's queries meanwhile."""
+    """Every chat sends at once (`at_once`, a `chat_at_once`); the CPU of each process and
+    the server's queries meanwhile."""
     cpu, queries = await probe.read()
     loop_cpu = main_thread_cpu_seconds(probe.pid)
     model_cpu, client_cpu = cpu_seconds(model.pid), time.process_time()
-    measures.wall_s, replies = await chats.chat_at_once(sockets, timeout)
+    measures.wall_s, replies = await at_once
     cpu_after, queries_after = await probe.read()
     report.reply_figures(measures, replies, expected)
     measures.server_cpu_s = cpu_after - cpu
@@ -231,6 +240,55 @@ async def reply_all(
     measures.wall_ratio = report.ratio(measures.wall_s, measures.alone_s)
     measures.queries_per_reply = per(_minus(queries_after, queries), len(replies))
     return replies
+
+
+async def measure_sse(
+    args: argparse.Namespace,
+    target: chats.Project,
+    server: Child,
+    model: Child,
+    stats_url: str,
+    profile: Path | None,
+) -> tuple[report.Measures, list[chats.Reply]]:
+    """As `measure`, each reply streamed over SSE: one chat alone, then K set-ups (a
+    conversation each, on a connection of its own), then K messages posted at once."""
+    measures = report.Measures()
+    expected = expected_text(args.tokens)
+    timeout = 60 + 10 * args.tokens / args.rate
+    opened: list[event_streams.StreamChat] = []
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as http:
+        probe = Probe(http, server.pid, stats_url)
+        try:
+            alone = await event_streams.new_chat(target, args.k)
+            opened.append(alone)
+            measures.alone_s, [reply] = await event_streams.chat_at_once([alone], target, timeout)
+            if error := report.reply_error(reply, expected):
+                raise RuntimeError(f"the first SSE chat failed: {error}")
+            async with profiling(server, profile, "sse-setup"):
+                ready, failed = await sse_set_up_all(target, args.k, probe, measures)
+            opened += ready
+            await asyncio.sleep(0.5)
+            async with profiling(server, profile, "sse-replies"):
+                at_once = event_streams.chat_at_once(ready, target, timeout)
+                replies = await reply_all(at_once, expected, probe, model, measures)
+        finally:
+            await event_streams.close_all(opened)
+    measures.errors += len(failed)
+    measures.error_samples = (failed + measures.error_samples)[:5]
+    return measures, replies
+
+
+async def sse_set_up_all(
+    target: chats.Project, k: int, probe: Probe, measures: report.Measures
+) -> tuple[list[event_streams.StreamChat], list[str]]:
+    """K conversations made, each on its own connection, with the server's CPU and queries."""
+    cpu, queries = await probe.read()
+    made = await event_streams.new_chats(target, range(k))
+    cpu_after, queries_after = await probe.read()
+    measures.setup_cpu_ms = measures.create_cpu_ms = (cpu_after - cpu) * 1000 / k
+    measures.queries_per_setup = per(_minus(queries_after, queries), k)
+    ready = [chat for chat in made if isinstance(chat, event_streams.StreamChat)]
+    return ready, [repr(e) for e in made if isinstance(e, Exception)]
 
 
 @contextlib.asynccontextmanager
@@ -252,7 +310,8 @@ def _minus(a: int | None, b: int | None) -> float | None:
 
 def measure_project(
     args: argparse.Namespace, folder: Path, model: Child, model_url: str
-) -> report.Measures:
+) -> tuple[report.Measures, report.Measures | None]:
+    """The project over websockets, then (with `--sse`) over SSE: its figures for each."""
     env = project_env(folder, model_url)
     run_python(["manage.py", "migrate", "--no-input", "--verbosity", "0"], env)
     accounts = json.loads(
@@ -266,9 +325,16 @@ def measure_project(
         measures, replies = asyncio.run(
             measure(args, target, server, model, stats_url, args.profile)
         )
+        over_sse, sse_replies = (
+            asyncio.run(measure_sse(args, target, server, model, stats_url, args.profile))
+            if args.sse
+            else (None, [])
+        )
     stored = json.loads(run_python(["-m", "bench.database", "replies"], env).stdout)
     measures.wrong_texts = sum(1 for reply in replies if _stored_differs(reply, stored))
-    return measures
+    if over_sse is not None:
+        over_sse.wrong_texts = sum(1 for reply in sse_replies if _stored_differs(reply, stored))
+    return measures, over_sse
 
 
 def _stored_differs(reply: chats.Reply, stored: dict[str, dict[str, str]]) -> bool:
@@ -301,7 +367,7 @@ def benchmark(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
     with Child("model", python(*model_argv), base_env(), folder) as model:
         model.wait_for_port(port)
         model_url = f"http://{HOST}:{port}/v1"
-        ours = measure_project(args, folder, model, model_url)
+        ours, over_sse = measure_project(args, folder, model, model_url)
         reference = (
             None if args.skip_reference else measure_reference(args, folder, model, model_url)
         )
@@ -323,6 +389,15 @@ def benchmark(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
         },
         "targets_met": report.targets_met(ours, reference),
         "table": report.table(ours, reference),
+        # The same project over SSE, set beside its websocket figures from the same run.
+        "sse": over_sse.as_json() if over_sse else None,
+        "sse_ratios": {
+            "cpu_per_token": report.ratio(
+                over_sse.cpu_per_token_us if over_sse else None, ours.cpu_per_token_us
+            ),
+        },
+        "sse_targets_met": report.sse_targets_met(over_sse, ours) if over_sse else None,
+        "sse_table": report.sse_table(over_sse, ours) if over_sse else None,
     }
 
 
@@ -353,6 +428,11 @@ def main(argv: list[str] | None = None) -> int:
     print(headline(result))
     print()
     print(result["table"])
+    if result["sse_table"]:
+        print()
+        print("The project over SSE, against its websocket figures above:")
+        print()
+        print(result["sse_table"])
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=2) + "\n")

@@ -10,14 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from bench.report import ROWS
+from bench.report import ROWS, SSE_ROWS
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_bench_tiny_run_prints_every_row_without_errors(tmp_path):
     out = tmp_path / "bench.json"
-    argv = ["--k", "3", "--tokens", "10", "--rate", "200", "--idle-sockets", "5"]
+    argv = ["--k", "3", "--tokens", "10", "--rate", "200", "--idle-sockets", "5", "--sse"]
     done = subprocess.run(  # noqa: S603 (our own interpreter and arguments)
         [sys.executable, "-m", "bench.run", *argv, "--json", str(out)],
         cwd=ROOT,
@@ -36,6 +36,16 @@ def test_bench_tiny_run_prints_every_row_without_errors(tmp_path):
     assert ours["wrong_texts"] == 0
     assert reference["errors"] == 0, reference["error_samples"]
     assert ours["tokens_relayed"] == reference["tokens_relayed"] == 3 * 10
+    # The same chats over SSE, from the same server, in a table of their own.
+    sse = result["sse"]
+    assert sse["errors"] == 0, sse["error_samples"]
+    assert sse["wrong_texts"] == 0
+    assert sse["tokens_relayed"] == 3 * 10
+    assert sse["cpu_per_token_us"] > 0
+    assert result["sse_ratios"]["cpu_per_token"] is not None
+    for row in SSE_ROWS:
+        assert f"| {row.label} |" in result["sse_table"]
+    assert result["sse_table"] in done.stdout
 
 
 @pytest.mark.parametrize(
