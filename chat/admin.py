@@ -28,6 +28,22 @@ else:
     MessageInlineBase = admin.TabularInline
 
 
+class ReadOnly:
+    """Nobody adds, changes or deletes these in the admin, superusers included: a
+    conversation and what was said in it belong to the user who had it (and deleting
+    here would bypass stopping a running reply); tokens are made by their owner, who alone
+    ever sees the secret; the audit trail of reads is only ever appended to."""
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
 def per_conversation(aggregate: Aggregate) -> Subquery:
     """One aggregate over the outer row's messages, as a scalar subquery."""
     # values() before annotate() groups by conversation: one row, not one per message.
@@ -71,7 +87,7 @@ def record_read(
     )
 
 
-class MessageInline(MessageInlineBase):
+class MessageInline(ReadOnly, MessageInlineBase):
     """The transcript, oldest first, for reading only."""
 
     model = Message
@@ -81,15 +97,6 @@ class MessageInline(MessageInlineBase):
     extra = 0
     can_delete = False
     show_change_link = False
-
-    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
     @admin.display(description="tokens")
     def tokens(self, message: Message) -> str:
@@ -109,7 +116,7 @@ class MessageInline(MessageInlineBase):
 
 
 @admin.register(Conversation)
-class ConversationAdmin(ConversationAdminBase):
+class ConversationAdmin(ReadOnly, ConversationAdminBase):
     # --- Changelist ---
     list_display = (
         "__str__",
@@ -152,18 +159,6 @@ class ConversationAdmin(ConversationAdminBase):
             record_read(request, unquote(object_id), TranscriptRead.Via.CONVERSATION_PAGE)
         return response
 
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        # A conversation belongs to the user who had it; staff do not start one for them.
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        # What a user said, and the settings their replies came from, are theirs alone.
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        # Deleting here would bypass stopping a running reply; users delete their own.
-        return False
-
     @admin.display(description="last reply", ordering="last_reply_status")
     def last_reply_status(self, conversation: Conversation) -> str:
         return getattr(conversation, "last_reply_status", None) or "-"
@@ -180,7 +175,7 @@ class ConversationAdmin(ConversationAdminBase):
 
 
 @admin.register(Message)
-class MessageAdmin(MessageAdminBase):
+class MessageAdmin(ReadOnly, MessageAdminBase):
     """Every message across conversations, read-only: for finding, not editing."""
 
     list_display = ("__str__", "conversation", "role", "status", "model", "created_at")
@@ -206,18 +201,9 @@ class MessageAdmin(MessageAdminBase):
             record_read(request, conversation_id, TranscriptRead.Via.MESSAGE_PAGE)
         return response
 
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
 
 @admin.register(ApiToken)
-class ApiTokenAdmin(ApiTokenAdminBase):
+class ApiTokenAdmin(ReadOnly, ApiTokenAdminBase):
     """Every user's API tokens, read-only; the hash of the secret is never shown."""
 
     list_display = ("name", "owner", "prefix", "created_at", "last_used_at", "revoked_at")
@@ -229,19 +215,9 @@ class ApiTokenAdmin(ApiTokenAdminBase):
     fields = ("owner", "name", "prefix", "created_at", "last_used_at", "revoked_at")
     readonly_fields = fields
 
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        # Tokens are made by their owner, who alone ever sees the secret.
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
 
 @admin.register(TranscriptRead)
-class TranscriptReadAdmin(TranscriptReadAdminBase):
+class TranscriptReadAdmin(ReadOnly, TranscriptReadAdminBase):
     """Who read which transcript, and when: listed for audit, never added, changed or deleted."""
 
     list_display = ("read_at", "reader_username", "conversation_id", "via")
@@ -262,12 +238,3 @@ class TranscriptReadAdmin(TranscriptReadAdminBase):
         except ValueError:
             return super().get_search_results(request, queryset, search_term)
         return queryset.filter(conversation_id=conversation_id), False
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False

@@ -7,11 +7,11 @@ from typing import Any
 
 import pytest
 from asgiref.sync import sync_to_async
-from django.db import connection
 
 from chat import chats
 from chat.models import Message, UsageRecord
 from chat.refusals import Refused
+from tests import database_faults
 from tests.llm_server import Behaviour, expected_text
 from tests.polling import wait_until
 
@@ -184,37 +184,10 @@ async def test_follow_without_a_running_reply_is_one_state(llm, user, conversati
 # --- Our own database failing under a step (a trigger refuses the write) -------------------
 
 
-def refuse_writes(event: str, when: str = "1 = 1") -> None:
-    """A trigger that makes the database refuse `event` (INSERT, UPDATE) on messages."""
-    with connection.cursor() as cursor:
-        if connection.vendor == "sqlite":
-            cursor.execute(
-                f"CREATE TRIGGER refuse BEFORE {event} ON chat_message WHEN {when} "
-                "BEGIN SELECT RAISE(ABORT, 'refused by the test'); END"
-            )
-        else:
-            cursor.execute(
-                "CREATE OR REPLACE FUNCTION refuse() RETURNS trigger AS $$ BEGIN "
-                "RAISE EXCEPTION 'refused by the test'; END $$ LANGUAGE plpgsql"
-            )
-            cursor.execute(
-                f"CREATE TRIGGER refuse BEFORE {event} ON chat_message FOR EACH ROW "
-                f"WHEN ({when}) EXECUTE FUNCTION refuse()"
-            )
-
-
-def allow_writes() -> None:
-    with connection.cursor() as cursor:
-        if connection.vendor == "sqlite":
-            cursor.execute("DROP TRIGGER IF EXISTS refuse")
-        else:
-            cursor.execute("DROP TRIGGER IF EXISTS refuse ON chat_message")
-
-
 @pytest.fixture
 def database_refusing():
-    yield refuse_writes
-    allow_writes()
+    yield database_faults.refuse
+    database_faults.allow()
 
 
 async def test_a_send_the_database_refuses_is_an_internal_error_on_the_socket(
@@ -226,7 +199,7 @@ async def test_a_send_the_database_refuses_is_an_internal_error_on_the_socket(
     error = await socket.receive_until("error")
     assert error[-1]["code"] == "internal_error"
     assert any("serving a 'send' frame failed" in r.getMessage() for r in caplog.records)
-    await sync_to_async(allow_writes)()
+    await sync_to_async(database_faults.allow)()
     await socket.send(type="send", content="Again")  # the socket was kept, and works
     done = (await socket.receive_until("done"))[-1]
     assert done["status"] == "complete"
@@ -249,7 +222,7 @@ async def test_a_final_write_the_database_refuses_is_tried_until_it_is_saved(
     second_tab = await open_socket(user, conversation.id)
     assert second_tab.state["streaming"]["content"] == expected_text(5)
 
-    await sync_to_async(allow_writes)()
+    await sync_to_async(database_faults.allow)()
     done = (await socket.receive_until("done"))[-1]
 
     assert (done["status"], done["content"]) == ("complete", expected_text(5))

@@ -12,10 +12,10 @@ import asyncio
 import pytest
 from asgiref.sync import sync_to_async
 from django.conf import settings as django_settings
-from django.db import connection
 
 from chat import chats
 from chat.models import Message
+from tests import database_faults
 from tests.chat_socket import ChatSocket
 from tests.llm_server import Behaviour, expected_text
 from tests.polling import wait_until
@@ -25,56 +25,10 @@ pytestmark = pytest.mark.django_db(transaction=True)
 POISON = "poison"
 
 
-def refuse_updates(when: str) -> None:
-    """A trigger that makes the database refuse updates of messages `when` holds."""
-    with connection.cursor() as cursor:
-        if connection.vendor == "sqlite":
-            cursor.execute(
-                f"CREATE TRIGGER refuse BEFORE UPDATE ON chat_message WHEN {when} "
-                "BEGIN SELECT RAISE(ABORT, 'refused by the test'); END"
-            )
-        else:
-            cursor.execute(
-                "CREATE OR REPLACE FUNCTION refuse() RETURNS trigger AS $$ BEGIN "
-                "RAISE EXCEPTION 'refused by the test'; END $$ LANGUAGE plpgsql"
-            )
-            cursor.execute(
-                "CREATE TRIGGER refuse BEFORE UPDATE ON chat_message FOR EACH ROW "
-                f"WHEN ({when}) EXECUTE FUNCTION refuse()"
-            )
-
-
-def refuse_inserts_of(content: str) -> None:
-    with connection.cursor() as cursor:
-        if connection.vendor == "sqlite":
-            cursor.execute(
-                "CREATE TRIGGER refuse BEFORE INSERT ON chat_message "
-                f"WHEN NEW.content = '{content}' "
-                "BEGIN SELECT RAISE(ABORT, 'refused by the test'); END"
-            )
-        else:
-            cursor.execute(
-                "CREATE OR REPLACE FUNCTION refuse() RETURNS trigger AS $$ BEGIN "
-                "RAISE EXCEPTION 'refused by the test'; END $$ LANGUAGE plpgsql"
-            )
-            cursor.execute(
-                "CREATE TRIGGER refuse BEFORE INSERT ON chat_message FOR EACH ROW "
-                f"WHEN (NEW.content = '{content}') EXECUTE FUNCTION refuse()"
-            )
-
-
-def allow_writes() -> None:
-    with connection.cursor() as cursor:
-        if connection.vendor == "sqlite":
-            cursor.execute("DROP TRIGGER IF EXISTS refuse")
-        else:
-            cursor.execute("DROP TRIGGER IF EXISTS refuse ON chat_message")
-
-
 @pytest.fixture
 async def triggers():
     yield
-    await sync_to_async(allow_writes)()
+    await sync_to_async(database_faults.allow)()
 
 
 @pytest.fixture
@@ -98,7 +52,7 @@ async def test_a_poisoned_cookie_fails_no_other_socket(llm, user, conversations,
 
 async def test_a_send_the_database_refuses_fails_alone(llm, user, conversations, triggers):
     llm.behaviour = Behaviour(tokens=3)
-    await sync_to_async(refuse_inserts_of)(POISON)
+    await sync_to_async(database_faults.refuse)("INSERT", f"NEW.content = '{POISON}'")
     service = chats.service()
     contents = ["first", POISON, "third"]
     results = await asyncio.gather(
@@ -140,8 +94,8 @@ async def test_a_checkpoint_the_database_refuses_fails_alone(
     settings.CHAT_CHECKPOINT_INTERVAL = 0.05
     llm.models["poisoned"] = Behaviour(words=[f"{POISON} "] * 300, token_delay=0.01)
     llm.behaviour = Behaviour(tokens=300, token_delay=0.01)
-    await sync_to_async(refuse_updates)(
-        f"NEW.status = 'streaming' AND NEW.content LIKE '%{POISON}%'"
+    await sync_to_async(database_faults.refuse)(
+        "UPDATE", f"NEW.status = 'streaming' AND NEW.content LIKE '%{POISON}%'"
     )
     poisoned, healthy = conversations[0], conversations[1]
     poisoned.model = "poisoned"
@@ -168,8 +122,8 @@ async def test_a_checkpoint_the_database_refuses_fails_alone(
 async def test_a_final_write_the_database_refuses_fails_alone(llm, user, conversations, triggers):
     llm.models["poisoned"] = Behaviour(words=[POISON])
     llm.behaviour = Behaviour(tokens=3)
-    await sync_to_async(refuse_updates)(
-        f"NEW.status <> 'streaming' AND NEW.content LIKE '%{POISON}%'"
+    await sync_to_async(database_faults.refuse)(
+        "UPDATE", f"NEW.status <> 'streaming' AND NEW.content LIKE '%{POISON}%'"
     )
     poisoned = conversations[0]
     poisoned.model = "poisoned"
@@ -184,6 +138,6 @@ async def test_a_final_write_the_database_refuses_fails_alone(llm, user, convers
         assert (stored.status, stored.content) == ("complete", expected_text(3))
     # The poisoned reply is still being saved, and runs until it is.
     assert service.replies.running(poisoned.id) is not None
-    await sync_to_async(allow_writes)()
+    await sync_to_async(database_faults.allow)()
     message = await service.finished(started[0])
     assert message is not None and (message.status, message.content) == ("complete", POISON)
