@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 
 import django
@@ -34,3 +35,10 @@ application = ProtocolTypeRouter(
 )
 
 save_replies_on_daphne_shutdown()
+
+# Everything loaded by now (Django, the app, their modules) lives as long as the process:
+# move it out of the garbage collector's reach, so that a full collection under load walks
+# only what the chats allocate. Without this, one landing among 200 streaming replies held
+# the event loop long enough to double the longest gap between frames (README, "How it
+# stays fast").
+gc.freeze()

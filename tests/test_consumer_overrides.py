@@ -1,7 +1,8 @@
 """`ConversationConsumer.__call__` replaces channels' `AsyncConsumer.__call__`: each socket's
 messages are awaited in the socket's own task, instead of in a second task and an
-`asyncio.wait` that every idle socket would hold (README, "How it stays fast"). Through
-`chatsite.asgi.application`; these fail when channels changes under the override."""
+`asyncio.wait` that every idle socket would hold. Its `dispatch` replaces channels' without
+the trip to the ORM thread before every message (README, "How it stays fast"). Through
+`chatsite.asgi.application`; these fail when channels changes under the overrides."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from contextlib import suppress
 from typing import Any
 
 import pytest
+from channels import consumer as channels_consumer
 from channels.consumer import AsyncConsumer
 
 from chat.consumers import ConversationConsumer
@@ -129,3 +131,62 @@ def test_channels_call_is_the_one_the_override_replaces():
     ]
     # The override is for a consumer without a channel layer only.
     assert ConversationConsumer.channel_layer_alias is None
+
+
+# --- dispatch ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def stale_connection_checks(monkeypatch: pytest.MonkeyPatch) -> list[None]:
+    """Each time channels' `dispatch` would take its trip to close stale connections."""
+    calls: list[None] = []
+    trip = channels_consumer.aclose_old_connections
+
+    async def counted() -> None:
+        calls.append(None)
+        await trip()
+
+    monkeypatch.setattr(channels_consumer, "aclose_old_connections", counted)
+    return calls
+
+
+async def test_a_frame_takes_no_trip_to_the_orm_thread(
+    user, conversation, login_cookie, stale_connection_checks
+):
+    socket = ChatSocket(conversation.id, cookie=await login_cookie(user))
+    await socket.connect()
+    before = len(stale_connection_checks)
+    await socket.send(type="nonsense")  # answered without a database step
+    assert (await socket.receive())["code"] == "bad_request"
+    assert len(stale_connection_checks) == before
+    await socket.close()
+
+
+async def test_channels_dispatch_takes_one_trip_per_frame(
+    user, conversation, login_cookie, stale_connection_checks, monkeypatch
+):
+    """What the override saves. If channels stops making the trip, drop the override."""
+    monkeypatch.delattr(ConversationConsumer, "dispatch")
+    socket = ChatSocket(conversation.id, cookie=await login_cookie(user))
+    await socket.connect()
+    before = len(stale_connection_checks)
+    await socket.send(type="nonsense")
+    assert (await socket.receive())["code"] == "bad_request"
+    assert len(stale_connection_checks) == before + 1
+    await socket.close()
+
+
+def test_channels_dispatch_is_the_one_the_override_replaces():
+    """The override is channels' `dispatch` less its `aclose_old_connections()`: whatever
+    else channels comes to do there would be skipped. Read it if this fails."""
+    function = ast.parse(textwrap.dedent(inspect.getsource(AsyncConsumer.dispatch))).body[0]
+    assert isinstance(function, ast.AsyncFunctionDef)
+    body = function.body[1:] if ast.get_docstring(function) else function.body
+    assert [ast.unparse(statement) for statement in body] == [
+        "handler = getattr(self, get_handler_name(message), None)",
+        "if handler:\n"
+        "    await aclose_old_connections()\n"
+        "    await handler(message)\n"
+        "else:\n"
+        "    raise ValueError('No handler for message type %s' % message['type'])",
+    ]
