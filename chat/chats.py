@@ -201,7 +201,9 @@ class ChatService:
         return attachment
 
     async def _send_state(self, attachment: Attachment, state: State) -> None:
-        running = self.replies.running_message_ids()
+        # Only this conversation's own reply can be streaming in it.
+        reply = self.replies.running(state.conversation.pk)
+        running = {reply.message_id} if reply is not None and reply.message_id else set()
         if any(
             m.status == Message.Status.STREAMING and m.pk not in running for m in state.messages
         ):

@@ -262,9 +262,6 @@ class Replies:
     def all_running(self) -> list[Reply]:
         return list(self._running.values())
 
-    def running_message_ids(self) -> set[UUID]:
-        return {r.message_id for r in self._running.values() if r.message_id is not None}
-
     @contextmanager
     def reserved(self, conversation_id: UUID) -> Iterator[Reply]:
         """Claim the conversation for a new reply, released unless the reply was started.
