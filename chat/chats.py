@@ -175,29 +175,33 @@ class ChatService:
         """Reattach to the running reply: the delta frames after `after` (a `state` when
         None), then every frame as it comes; the attachment, to detach once the reply is
         `done`. With no reply running, one `state` frame and None."""
-        if not await conversation_store.owns(user_id, conversation_id):
-            raise refusals.not_found()
         reply = self.replies.running(conversation_id)
         if reply is not None and reply.done is not None:
             reply = None  # it has sent its `done`: only its last step keeps it registered
-        if reply is None or reply.message_id is None or after is None:
-            attachment = None
-            if reply is not None:
-                attachment = Attachment(self, conversation_id, watcher, session_key)
-            state = await conversation_store.transcript(
+        if reply is not None and reply.message_id is not None and after is not None:
+            if not await conversation_store.owns(user_id, conversation_id):
+                raise refusals.not_found()
+            following = Attachment(self, conversation_id, watcher, session_key)
+            self._hold_session(following)
+            for frame in reply.deltas_after(after):
+                await watcher.deliver(*_encoded(frame))
+            await following.release({"message_id": str(reply.message_id), "seq": reply.seq})
+            return following
+        # A `state`; with a reply running, watched from before it is read, frames held.
+        attachment = Attachment(self, conversation_id, watcher, session_key) if reply else None
+        try:
+            state = await conversation_store.transcript(  # scoped to the owner
                 user_id, conversation_id, latest=settings.CHAT_STATE_MESSAGES
             )
-            if attachment is None:
-                await watcher.deliver(*_encoded(self._state_frame(state)))
-            else:
-                self._hold_session(attachment)
-                await self._send_state(attachment, state)
-            return attachment
-        attachment = Attachment(self, conversation_id, watcher, session_key)
+        except BaseException:
+            if attachment is not None:
+                attachment.detach()
+            raise
+        if attachment is None:
+            await watcher.deliver(*_encoded(self._state_frame(state)))
+            return None
         self._hold_session(attachment)
-        for frame in reply.deltas_after(after):
-            await watcher.deliver(*_encoded(frame))
-        await attachment.release({"message_id": str(reply.message_id), "seq": reply.seq})
+        await self._send_state(attachment, state)
         return attachment
 
     async def _send_state(self, attachment: Attachment, state: State) -> None:
