@@ -7,9 +7,9 @@ PORT ?= 8000
 # `make run` is for development: Django's debug mode unless told otherwise.
 DEV := DJANGO_DEBUG=$${DJANGO_DEBUG:-1}
 
-.PHONY: install install-local run test lint bench bench-plot
+.PHONY: install install-local javascript run test lint bench bench-plot
 
-install: $(VENV)/.installed
+install: $(VENV)/.installed javascript
 
 # Reinstall when the dependencies change; the marker file records a finished install.
 $(VENV)/.installed: pyproject.toml
@@ -17,6 +17,21 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $@
+
+# The page's JavaScript libraries from npm (package-lock.json), bundled by esbuild into
+# chat/static/chat/vendor/ (git-ignored). Without Node the app still runs, with replies
+# shown as plain text instead of Markdown.
+javascript:
+	@if command -v npm >/dev/null; then \
+	  $(MAKE) --no-print-directory chat/static/chat/vendor/libraries.js; \
+	else \
+	  echo "*** npm not found: replies will show as plain text, not Markdown."; \
+	  echo "*** Install Node.js 20+ and npm (Debian: apt-get install nodejs npm), then make install."; \
+	fi
+
+chat/static/chat/vendor/libraries.js: package.json package-lock.json frontend/libraries.js
+	npm ci --no-audit --no-fund --loglevel=error
+	npm run --silent build
 
 # The bundled offline model. llama.cpp compiles from source once; pip caches the wheel.
 # GGML_NATIVE=OFF: a native build crashed ("Illegal instruction") on CPUs that advertise
