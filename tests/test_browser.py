@@ -28,6 +28,7 @@ from playwright.async_api import (
     Dialog,
     Locator,
     Page,
+    Request,
     WebSocketRoute,
     async_playwright,
     expect,
@@ -59,6 +60,13 @@ CHROMIUM_ARGS = [
 ]
 MARKUP = "<img src=x onerror=alert(1)>"
 SCREENSHOT = "/tmp/chat.png"  # noqa: S108 - looked at by a person, not read back
+# Every page of a test reports what its Content-Security-Policy blocked (run by the
+# browser before the page's own scripts, whatever the policy).
+REPORT_CSP_VIOLATIONS = """
+document.addEventListener("securitypolicyviolation", (event) =>
+  window.reportViolation(`${event.effectiveDirective} blocked ${event.blockedURI}`),
+);
+"""
 
 
 # --- The server and the browser ----------------------------------------------------------
@@ -80,13 +88,14 @@ async def browser(live_server_url: str) -> AsyncIterator[Browser]:
 
 
 @pytest_asyncio.fixture(loop_scope="module")
-async def page(browser: Browser, llm_server: FakeLLM) -> AsyncIterator[Page]:
+async def page(browser: Browser, llm_server: FakeLLM, live_server_url: str) -> AsyncIterator[Page]:
     llm_server.reset()
     context = await browser.new_context(viewport={"width": 1000, "height": 720})
     page = await context.new_page()
     page.set_default_timeout(10_000)
     # Any alert() would mean that model output or user input ran as code; a script error
-    # or a CSP violation would mean the page is broken in ways its text may not show.
+    # or a CSP violation would mean the page is broken in ways its text may not show; a
+    # request to anywhere but the app, that a reply made the page fetch something.
     problems: list[str] = []
 
     async def dismiss(dialog: Dialog) -> None:
@@ -97,9 +106,16 @@ async def page(browser: Browser, llm_server: FakeLLM) -> AsyncIterator[Page]:
         if "Content Security Policy" in message.text:
             problems.append(f"console: {message.text}")
 
+    def check_request(request: Request) -> None:
+        if not request.url.startswith(f"{live_server_url}/"):
+            problems.append(f"request: {request.url}")
+
     page.on("dialog", dismiss)
     page.on("pageerror", lambda error: problems.append(f"script error: {error}"))
     page.on("console", check_console)
+    page.on("request", check_request)
+    await page.expose_function("reportViolation", lambda text: problems.append(f"CSP: {text}"))
+    await page.add_init_script(REPORT_CSP_VIOLATIONS)
     yield page
     await context.close()
     assert problems == []

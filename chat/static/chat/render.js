@@ -21,6 +21,7 @@ const PURIFY = {
 };
 // A fence: three or more backticks or tildes, at any indentation (inside a list item too).
 const FENCE = /^\s*(`{3,}|~{3,})(.*)$/;
+const HEADING = /^#{1,6}(?:\s|$)/;
 
 export const rendersMarkdown = libraries !== null;
 
@@ -120,6 +121,7 @@ class BlockBoundary {
     } else if (topLevel && this.afterBlank) {
       this.at = start;
     }
+    if (topLevel && HEADING.test(line)) this.at = next; // a heading is one line
     this.afterBlank = blank;
   }
 }
