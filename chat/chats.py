@@ -32,6 +32,7 @@ from chat.persistence import ReplyPlan, State
 from chat.refusals import Refused
 from chat.replies import Replies, Reply
 from chat.serializers import conversation_json, message_json
+from chat.socket_counts import SocketCounts
 from chat.text import storable
 from chat.watchers import Frame, Held, Watcher, Watchers
 
@@ -74,7 +75,7 @@ class Attachment(Held):
         if self.session_key is not None:
             self.service.forget_session_watcher(self)
         if self.user_id is not None:
-            self.service.count_socket(self.user_id, -1)
+            self.service.socket_counts.release(self.user_id)
             self.user_id = None
 
 
@@ -99,7 +100,7 @@ class ChatService:
         )
         self.replies = Replies(self.watchers, self.upstream, self.crossprocess)
         self._sessions: dict[str, set[Attachment]] = {}
-        self._sockets: dict[int, int] = {}  # open sockets by user
+        self.socket_counts = SocketCounts()
         self._session_checks: asyncio.Task[None] | None = None
         self._closing: set[asyncio.Task[None]] = set()
         # Steps that many users' requests arrive at together share one trip to the ORM
@@ -134,14 +135,10 @@ class ChatService:
         if user_id is None or state is None:
             attachment.detach()
             return user_id, None
-        if self._sockets.get(user_id, 0) >= settings.CHAT_SOCKETS_PER_USER:
+        if not await self.socket_counts.take(user_id):
             attachment.detach()
-            raise Refused(
-                "rate_limited",
-                "You have too many tabs open on this conversation server; close some.",
-            )
+            raise Refused("rate_limited", "You have too many tabs open; close some.")
         attachment.user_id = user_id
-        self.count_socket(user_id, 1)
         self._hold_session(attachment)
         if self.crossprocess is not None:
             await self._hear_of_logouts_elsewhere()
@@ -378,13 +375,6 @@ class ChatService:
                 self._closing.add(task)  # kept until done: the loop holds tasks only weakly
                 task.add_done_callback(self._closing.discard)
 
-    def count_socket(self, user_id: int, change: int) -> None:
-        count = self._sockets.get(user_id, 0) + change
-        if count > 0:
-            self._sockets[user_id] = count
-        else:
-            self._sockets.pop(user_id, None)
-
     def forget_session_watcher(self, attachment: Attachment) -> None:
         assert attachment.session_key is not None
         attachments = self._sessions.get(attachment.session_key)
@@ -445,6 +435,7 @@ class ChatService:
             await asyncio.gather(checks, return_exceptions=True)
         if self.crossprocess is not None:
             await self.crossprocess.close()
+        await self.socket_counts.close()
         await self.upstream.aclose()
 
 

@@ -89,3 +89,34 @@ async def test_logging_out_on_one_process_closes_the_tabs_on_another(
 
             closing = await tab_two.receive(timeout=10)
             assert closing.type == aiohttp.WSMsgType.CLOSE and closing.data == 4401
+
+
+async def test_the_sockets_per_user_cap_holds_over_processes(
+    llm_server, user, conversation, login_cookie
+):
+    """CHAT_SOCKETS_PER_USER counts the user's sockets on every process: with a cap of 2,
+    one open on each process, a third is refused on either; one closing makes room."""
+    cookie = await login_cookie(user)
+    path = f"/ws/conversations/{conversation.id}/"
+    settings = {"REDIS_URL": REDIS_URL, "CHAT_SOCKETS_PER_USER": "2"}
+    with serve(llm_server, **settings) as one, serve(llm_server, **settings) as two:
+        async with aiohttp.ClientSession(headers={"Cookie": cookie}) as http:
+
+            def tab(server: Any) -> Any:
+                return http.ws_connect(server.url.replace("http", "ws") + path, origin=server.url)
+
+            async with tab(one) as tab_one, tab(two) as tab_two:
+                assert (await next_frame(tab_one))["type"] == "state"
+                assert (await next_frame(tab_two))["type"] == "state"
+                for server in (one, two):
+                    async with tab(server) as third:
+                        closing = await third.receive(timeout=10)
+                        assert closing.type == aiohttp.WSMsgType.CLOSE
+                        assert closing.data == 4429
+
+                await tab_one.close()
+                async with asyncio.timeout(5):
+                    while True:  # the close reaches Redis just after the socket closes
+                        async with tab(two) as third:
+                            if (await third.receive(timeout=10)).type == aiohttp.WSMsgType.TEXT:
+                                break
