@@ -17,6 +17,7 @@ from typing import Any, Literal
 from uuid import UUID
 
 from django.conf import settings
+from django.core.exceptions import RequestDataTooBig
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.views import csrf
 from ninja import HeaderEx, NinjaAPI, P, Query, QueryEx, Schema, Status
@@ -107,6 +108,12 @@ def http_error(request: HttpRequest, exc: HttpError) -> HttpResponse:
 @api.exception_handler(CsrfFailed)
 def csrf_failed(request: HttpRequest, exc: CsrfFailed) -> HttpResponse:
     return exc.response
+
+
+@api.exception_handler(RequestDataTooBig)
+def too_big(request: HttpRequest, exc: RequestDataTooBig) -> HttpResponse:
+    limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+    return error_response(413, "too_long", f"A request body may hold at most {limit} bytes.")
 
 
 @api.exception_handler(Http404)
@@ -275,19 +282,10 @@ async def answer_reply(
             "assistant_message": _json_or_none(assistant),
         }
         return Status(201 if started.reply is not None else 200, body)
-    # Watch first, so that no frame of the reply is missed; a refusal is still JSON.
-    queue = sse.EventQueue()
-    attachment = service().watch(conversation_id, queue, session_key=session_key(request))
-    try:
-        started = await start()
-    except BaseException:
-        attachment.detach()
-        raise
-    if started.reply is None or started.assistant_message is None:
-        attachment.detach()  # a retry: follow the reply that runs, if one does
-        return await follow_reply(request, conversation_id, None)
-    last = sse.done_of(str(started.assistant_message.id))
-    return sse.event_stream(queue, attachment, last)
+    # Served by chat.sse_routes when the app runs behind chatsite.asgi; this path answers
+    # the same to any other caller (Django's test client, another ASGI set-up).
+    stream = await sse.reply_stream(user_id(request), conversation_id, session_key(request), start)
+    return sse.event_stream(stream)
 
 
 def _json_or_none(message: Message | None) -> dict[str, Any] | None:
@@ -315,11 +313,9 @@ async def follow_events(
 async def follow_reply(
     request: HttpRequest, conversation_id: UUID, after: int | None
 ) -> StreamingHttpResponse:
-    queue = sse.EventQueue()
-    attachment = await service().follow(
-        user_id(request), conversation_id, queue, after=after, session_key=session_key(request)
-    )
-    return sse.event_stream(queue, attachment, sse.any_done)
+    caller_session = session_key(request)
+    stream = await sse.follow_stream(user_id(request), conversation_id, after, caller_session)
+    return sse.event_stream(stream)
 
 
 @api.post("/conversations/{uuid:conversation_id}/stop/", response=answers({202: None}, 403, 404))

@@ -23,7 +23,7 @@ from ninja.security import APIKeyCookie, HttpBearer
 from ninja.utils import check_csrf
 
 from chat.batching import Batcher
-from chat.tokens import user_for_bearer
+from chat.tokens import credential_key, live_token
 
 if TYPE_CHECKING:
     # The project keeps Django's user model (no AUTH_USER_MODEL); typing only.
@@ -41,10 +41,11 @@ class CsrfFailed(Exception):
 
 
 def session_key(request: HttpRequest) -> str | None:
-    """The session a request was let in by; None for a token's."""
+    """What the request was let in by, as the chat service keys what ends with it: the
+    session, or the token (`chat.tokens.credential_key`)."""
     scheme = request.headers.get("Authorization", "").split(" ", 1)[0]
     if scheme.lower() == "bearer":
-        return None
+        return getattr(request, "token_key", None)
     return request.COOKIES.get(settings.SESSION_COOKIE_NAME)
 
 
@@ -52,12 +53,13 @@ class BearerToken(HttpBearer):
     """`Authorization: Bearer <personal token>` (chat.tokens)."""
 
     async def authenticate(self, request: HttpRequest, token: str) -> User:
-        user = await user_for_bearer(f"Bearer {token}")
-        if user is None:
+        found = await _live_token(f"Bearer {token}")
+        if found is None:
             # Named, but not a live token: refused, not passed on to the session.
             raise AuthenticationError()
-        request.user = user
-        return user
+        request.user = found.owner
+        request.token_key = credential_key(found.pk)  # type: ignore[attr-defined]
+        return found.owner
 
 
 class SessionCookie(APIKeyCookie):
@@ -84,7 +86,7 @@ class SessionCookie(APIKeyCookie):
         return user
 
 
-def _users_of(requests: list[HttpRequest]) -> list[User | AnonymousUser | Exception]:
+def users_of(requests: list[HttpRequest]) -> list[User | AnonymousUser | Exception]:
     """Django's `auth.get_user` for each request: the session's user, if it exists, is
     active, and has not changed their password since. Requests that arrive together are
     looked up in one trip to the ORM thread."""
@@ -97,7 +99,9 @@ def _users_of(requests: list[HttpRequest]) -> list[User | AnonymousUser | Except
     return users
 
 
-_users: Batcher[HttpRequest, User | AnonymousUser] = Batcher(sync_to_async(_users_of))
+# Django's request cycle has closed stale database connections (its `request_started`).
+_live_token = sync_to_async(live_token)
+_users: Batcher[HttpRequest, User | AnonymousUser] = Batcher(sync_to_async(users_of))
 
 # Tried in order; the first that answers with a user lets the request in.
 AUTH: list[Any] = [BearerToken(), SessionCookie()]

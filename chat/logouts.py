@@ -29,13 +29,19 @@ def end_sockets(sender: Any, request: HttpRequest | None, **kwargs: Any) -> None
     logout itself must succeed whatever happens here."""
     session = getattr(request, "session", None)
     session_key = session.session_key if session is not None else None
-    if not session_key:
-        return
+    if session_key:
+        end_everywhere(session_key)
+
+
+def end_everywhere(key: str) -> None:
+    """A session (or a token, `chat.tokens.credential_key`) has ended: what it opened
+    closes, here and on the other processes. From a sync view's thread; what must succeed
+    (the logout, the revocation) does whatever happens here."""
     for loop, service in chats.services():
         if not loop.is_closed():
-            loop.call_soon_threadsafe(service.end_session, session_key)
+            loop.call_soon_threadsafe(service.end_session, key)
     if crossprocess.enabled():
         try:
-            async_to_sync(crossprocess.announce_session_end)(session_key)
+            async_to_sync(crossprocess.announce_session_end)(key)
         except Exception:
-            logger.exception("telling the other processes about a logout failed")
+            logger.exception("telling the other processes that a session ended failed")

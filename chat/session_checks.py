@@ -27,6 +27,7 @@ from django.utils import timezone
 from django.utils.crypto import constant_time_compare
 
 from chat.persistence import db_step, user_of_session
+from chat.tokens import live_token_keys, token_ids
 
 # Session keys per query: well under every database's limit on parameters.
 CHUNK = 500
@@ -36,6 +37,13 @@ CHUNK = 500
 def logged_in(session_keys: Iterable[str]) -> set[str]:
     """Those of `session_keys` whose session still logs its user in."""
     keys = list(session_keys)
+    tokens = token_ids(keys)
+    alive = live_token_keys(tokens) if tokens else set()
+    keys = [key for key in keys if key not in tokens]
+    return alive | _logged_in_sessions(keys)
+
+
+def _logged_in_sessions(keys: list[str]) -> set[str]:
     engine = import_module(settings.SESSION_ENGINE)
     if not issubclass(engine.SessionStore, DatabaseSessionStore):
         # Another engine (cache only, signed cookies): each session on its own.

@@ -12,17 +12,25 @@ from __future__ import annotations
 import asyncio
 import json
 import weakref
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from uuid import UUID
 
 from django.http import StreamingHttpResponse
 
-from chat.chats import Attachment
+from chat.chats import Attachment, Started, service
 from chat.watchers import Frame
 
 CONTENT_TYPE = "text/event-stream"
 # A comment line after this much silence keeps proxies from closing an idle stream.
 KEEP_ALIVE_SECONDS = 15.0
 KEEP_ALIVE = b": keep-alive\n\n"
+# What every event stream answers with besides its events (and a proxy must pass on).
+HEADERS = {
+    "Content-Type": CONTENT_TYPE,
+    "Cache-Control": "no-cache",
+    "X-Accel-Buffering": "no",  # nginx: pass each event on at once
+}
 
 FrameTest = Callable[[Frame], bool]
 
@@ -67,23 +75,73 @@ class EventQueue:
     """Watches a conversation for one SSE response: its frames wait here to be sent."""
 
     def __init__(self) -> None:
-        self._frames: asyncio.Queue[tuple[Frame, str]] = asyncio.Queue()
-        self.session_ended = False
+        # None: the client has gone away.
+        self._frames: asyncio.Queue[tuple[Frame, str] | None] = asyncio.Queue()
+        # The last frame of a stream whose session ended (the frames before it go first).
+        self.end_frame: Frame | None = None
 
     async def deliver(self, frame: Frame, text: str) -> None:
         self._frames.put_nowait((frame, text))
 
     async def end_session(self) -> None:
-        """Its session has ended (a logout, an expiry): one `error` event, then the end."""
-        frame = {"type": "error", "code": "unauthorized", "detail": "Your session has ended."}
-        self.session_ended = True
+        """What let it in has ended (a logout, an expired session, a revoked token): one
+        `error` event, then the end."""
+        detail = "Your session or token has ended: log in again, or use a live token."
+        frame = {"type": "error", "code": "unauthorized", "detail": detail}
+        self.end_frame = frame
         self._frames.put_nowait((frame, json.dumps(frame)))
+
+    def client_left(self) -> None:
+        self._frames.put_nowait(None)
 
     def pending(self) -> int:
         return self._frames.qsize()
 
-    async def next(self) -> tuple[Frame, str]:
+    async def next(self) -> tuple[Frame, str] | None:
         return await self._frames.get()
+
+
+@dataclass
+class Stream:
+    """What one SSE response sends: the queue's frames up to the one `last` accepts, while
+    `attachment` keeps the queue watching (with none, only the frames already queued)."""
+
+    queue: EventQueue
+    attachment: Attachment | None
+    last: FrameTest
+
+
+async def reply_stream(
+    user_id: int,
+    conversation_id: UUID,
+    session_key: str | None,
+    start: Callable[[], Awaitable[Started]],
+) -> Stream:
+    """The stream of the reply that `start` starts (a send, a regenerate), watched from
+    before it starts so that no frame is missed. A retried send that posted nothing
+    follows the reply that runs, if one does. Refusals are raised before any event."""
+    queue = EventQueue()
+    attachment = service().watch(conversation_id, queue, session_key=session_key)
+    try:
+        started = await start()
+    except BaseException:
+        attachment.detach()
+        raise
+    if started.reply is None or started.assistant_message is None:
+        attachment.detach()
+        return await follow_stream(user_id, conversation_id, None, session_key)
+    return Stream(queue, attachment, done_of(str(started.assistant_message.id)))
+
+
+async def follow_stream(
+    user_id: int, conversation_id: UUID, after: int | None, session_key: str | None
+) -> Stream:
+    """Reattach to the running reply after delta `after` (chat.chats.ChatService.follow)."""
+    queue = EventQueue()
+    attachment = await service().follow(
+        user_id, conversation_id, queue, after=after, session_key=session_key
+    )
+    return Stream(queue, attachment, any_done)
 
 
 def wants_events(accept: str) -> bool:
@@ -91,18 +149,15 @@ def wants_events(accept: str) -> bool:
     return CONTENT_TYPE in accept.lower()
 
 
-def event_stream(
-    queue: EventQueue, attachment: Attachment | None, last: FrameTest
-) -> StreamingHttpResponse:
-    """The response that streams the queue's frames up to and including `last`, then
-    detaches. With no attachment, only the frames already queued are sent."""
-    response = StreamingHttpResponse(_events(queue, attachment, last), content_type=CONTENT_TYPE)
-    response["Cache-Control"] = "no-cache"
-    response["X-Accel-Buffering"] = "no"  # nginx: pass each event on at once
-    if attachment is not None:
+def event_stream(stream: Stream) -> StreamingHttpResponse:
+    """Django's response that sends the stream."""
+    response = StreamingHttpResponse(events(stream))
+    for name, value in HEADERS.items():
+        response[name] = value
+    if stream.attachment is not None:
         # A response that is never sent (its client left before) never starts its
         # generator, so the generator's `finally` cannot detach: detach once it is dropped.
-        weakref.finalize(response, attachment.detach)
+        weakref.finalize(response, stream.attachment.detach)
     return response
 
 
@@ -115,22 +170,25 @@ def any_done(frame: Frame) -> bool:
     return bool(frame["type"] == "done")
 
 
-async def _events(
-    queue: EventQueue, attachment: Attachment | None, last: FrameTest
-) -> AsyncIterator[bytes]:
+async def events(stream: Stream) -> AsyncIterator[bytes]:
+    """The stream's events, then it detaches; a keep-alive comment after each silence."""
+    queue, attachment = stream.queue, stream.attachment
     try:
         while attachment is not None or queue.pending():
             try:
                 async with asyncio.timeout(KEEP_ALIVE_SECONDS):
-                    frame, text = await queue.next()
+                    queued = await queue.next()
             except TimeoutError:
                 yield KEEP_ALIVE
                 continue
+            if queued is None:
+                return
+            frame, text = queued
             yield encode(frame, text)
-            if last(frame) or queue.session_ended:
+            if stream.last(frame) or frame is queue.end_frame:
                 return
     finally:
-        # Also when the client went away (the handler cancels or closes this generator).
+        # Also when the client went away (Django cancels or closes this generator).
         if attachment is not None:
             attachment.detach()
 

@@ -14,8 +14,9 @@ from django.shortcuts import redirect, render
 from django.utils.cache import add_never_cache_headers
 from django.views.decorators.http import require_http_methods, require_POST
 
+from chat.logouts import end_everywhere
 from chat.models import ApiToken
-from chat.tokens import issue_token, revoke_token
+from chat.tokens import credential_key, issue_token, revoke_token
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import User
@@ -57,6 +58,9 @@ def revoke(request: HttpRequest, token_id: int) -> HttpResponseRedirect:
     """Revoke one of the user's tokens; someone else's is as missing as a deleted one."""
     if not revoke_token(logged_in_user(request), token_id):
         raise Http404("No such token.")
+    # Its open event streams end now, on every process (and else within
+    # CHAT_SESSION_CHECK_SECONDS, as for a revocation in the admin).
+    end_everywhere(credential_key(token_id))
     return redirect("chat:tokens")
 
 

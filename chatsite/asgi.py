@@ -21,12 +21,14 @@ from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: 
 from chat.handlers import SharedOrmThreadASGIHandler  # noqa: E402
 from chat.routing import websocket_urlpatterns  # noqa: E402
 from chat.shutdown import save_replies_on_daphne_shutdown  # noqa: E402
+from chat.sse_routes import EventStreamRoutes  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
         # daphne serves the static files itself, in development and production alike, so that
-        # `make run` and a bare `daphne chatsite.asgi:application` need nothing in front.
-        "http": ASGIStaticFilesHandler(SharedOrmThreadASGIHandler()),
+        # `make run` and a bare `daphne chatsite.asgi:application` need nothing in front. The
+        # API's event streams are answered before Django's request cycle (chat.sse_routes).
+        "http": EventStreamRoutes(ASGIStaticFilesHandler(SharedOrmThreadASGIHandler())),
         # The consumer reads the session cookie itself (chat.consumers.session_cookie).
         "websocket": OriginValidator(
             URLRouter(websocket_urlpatterns), settings.CHAT_WEBSOCKET_ORIGINS

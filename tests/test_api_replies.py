@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
+import sys
 import uuid
 from typing import Any
 
@@ -25,12 +26,24 @@ from tests.api_client import (
     is_type,
     url,
 )
+from tests.asgi_client import logged_in_application_client
 from tests.chat_socket import deltas_text
 from tests.conftest import logged_in_client
 from tests.llm_server import Behaviour, expected_text
 from tests.polling import wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture(autouse=True, params=["django", "application"])
+def served_by(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Each test twice: through Django's handler (the test client's way, the views of
+    `chat.api`), and through the whole ASGI application as a server runs it, where the
+    event streams are `chat.sse_routes`' and the rest goes on to Django."""
+    if request.param == "application":
+        this_module = sys.modules[__name__]
+        monkeypatch.setattr(this_module, "logged_in_client", logged_in_application_client)
+    return str(request.param)
 
 
 async def post(client: Any, path: str, data: Any = None, **headers: str) -> Any:
@@ -458,7 +471,8 @@ async def test_sse_response_never_sent_stops_watching(conversation):
     iterates the response, whose generator never runs its `finally`; dropping the
     response detaches."""
     queue = sse.EventQueue()
-    response = sse.event_stream(queue, chats.service().watch(conversation.pk, queue), sse.any_done)
+    attachment = chats.service().watch(conversation.pk, queue)
+    response = sse.event_stream(sse.Stream(queue, attachment, sse.any_done))
     assert watching(conversation)
 
     del response

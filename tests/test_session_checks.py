@@ -11,11 +11,14 @@ from datetime import timedelta
 import pytest
 from asgiref.sync import sync_to_async
 from django.contrib.sessions.models import Session
+from django.test import AsyncClient
 from django.utils import timezone
 
 from chat import chats, session_checks
-from chat.models import Message
+from chat.models import ApiToken, Message
+from chat.tokens import credential_key, issue_token, revoke_token
 from tests.api_client import SSE, EventReader, is_type, url
+from tests.asgi_client import ApplicationClient
 from tests.chat_socket import ChatSocket
 from tests.conftest import logged_in_client, session_cookie
 from tests.llm_server import Behaviour
@@ -125,3 +128,71 @@ async def test_an_sse_stream_ends_with_its_session(llm, user, conversation, sett
         await wait_until(lambda: chats.service().replies.running(conversation.id) is None)
     await message.arefresh_from_db()
     assert message.status == "complete"
+
+
+# --- Streams opened with a personal token ---------------------------------------------------
+
+
+async def revoke_on_the_page(user, token_id):
+    """As its owner does, on the tokens page: the stream ends at once, with no check."""
+    client = await logged_in_client(user)
+    response = await client.post(f"/settings/tokens/{token_id}/revoke/")
+    assert response.status_code == 302
+
+
+async def revoke_elsewhere(user, token_id):
+    """As the admin or a script would: the next check ends the stream."""
+    await ApiToken.objects.filter(pk=token_id).aupdate(revoked_at=timezone.now())
+
+
+async def deactivate_owner(user, token_id):
+    await deactivate(user, None)
+
+
+@pytest.mark.parametrize("client_kind", ["django", "application"])
+@pytest.mark.parametrize(
+    ("end", "check_seconds"),
+    [(revoke_on_the_page, 3600.0), (revoke_elsewhere, 0.05), (deactivate_owner, 0.05)],
+)
+async def test_an_sse_stream_opened_with_a_token_ends_with_it(
+    llm, user, conversation, settings, client_kind, end, check_seconds
+):
+    settings.CHAT_SESSION_CHECK_SECONDS = check_seconds
+    llm.behaviour = Behaviour(tokens=300, token_delay=0.01)
+    token, secret = await sync_to_async(issue_token)(user, "script")
+    client = ApplicationClient() if client_kind == "application" else AsyncClient()
+    response = await client.post(
+        url(conversation, "messages"),
+        json.dumps({"content": "Hello"}),
+        content_type="application/json",
+        headers={**SSE, "Authorization": f"Bearer {secret}"},
+    )
+    assert response.status_code == 200
+    events = EventReader(response)
+    await events.until(is_type("delta"))
+
+    await end(user, token.pk)
+
+    async with asyncio.timeout(5):
+        rest = await events.rest()
+    assert rest[-1].event == "error" and rest[-1].data["code"] == "unauthorized"
+    assert not any(event.event == "done" for event in rest)
+    async with asyncio.timeout(10):
+        await wait_until(lambda: chats.service().replies.running(conversation.id) is None)
+    message = await Message.objects.aget(conversation=conversation, role="assistant")
+    assert message.status == "complete"
+
+
+async def test_checking_tokens_takes_one_query(user, other_user, django_assert_max_num_queries):
+    mine, _ = await sync_to_async(issue_token)(user, "a")
+    revoked, _ = await sync_to_async(issue_token)(user, "b")
+    theirs, _ = await sync_to_async(issue_token)(other_user, "c")
+    await sync_to_async(revoke_token)(user, revoked.pk)
+    await deactivate(other_user, None)
+    keys = [credential_key(t.pk) for t in (mine, revoked, theirs)] + ["token:999999"]
+
+    def check():
+        with django_assert_max_num_queries(1):
+            return session_checks.logged_in.func(keys)  # type: ignore[attr-defined]
+
+    assert await sync_to_async(check)() == {credential_key(mine.pk)}
