@@ -34,7 +34,7 @@ REPORT = "CHAT_FUZZ_REPORT"  # a file: each test adds one JSON line of its figur
 
 # The other user's chats: slow enough that many are streaming while the fuzz runs.
 BYSTANDER_MODEL = "bystander-model"
-BYSTANDER_REPLY = Behaviour(tokens=30, token_delay=0.02)
+BYSTANDER_REPLY = Behaviour(tokens=30, token_delay=0.01)
 BYSTANDER_CHAT_TIMEOUT = 30.0  # seconds for one chat, send to done
 FRAME_TIMEOUT = 15.0  # seconds for the next frame a socket is waiting for
 
