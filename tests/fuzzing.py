@@ -189,10 +189,12 @@ class Bystanders:
             ) as socket:
                 state = await next_frame(socket)
                 assert state["type"] == "state", state
-                while not self._stopping.is_set():
+                while True:  # one chat at least, however short the fuzz
                     async with asyncio.timeout(BYSTANDER_CHAT_TIMEOUT):
                         await self._one_chat(socket)
                     self.completed += 1
+                    if self._stopping.is_set():
+                        break
         except (AssertionError, aiohttp.ClientError, TimeoutError) as failure:
             self.problems.append(f"conversation {conversation_id}: {failure!r}")
 
