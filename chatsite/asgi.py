@@ -19,6 +19,7 @@ from django.conf import settings  # noqa: E402
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
 
 from chat.handlers import SharedOrmThreadASGIHandler  # noqa: E402
+from chat.health import HealthCheck  # noqa: E402
 from chat.routing import websocket_urlpatterns  # noqa: E402
 from chat.shutdown import save_replies_on_daphne_shutdown  # noqa: E402
 from chat.sse_routes import EventStreamRoutes  # noqa: E402
@@ -27,8 +28,11 @@ application = ProtocolTypeRouter(
     {
         # daphne serves the static files itself, in development and production alike, so that
         # `make run` and a bare `daphne chatsite.asgi:application` need nothing in front. The
-        # API's event streams are answered before Django's request cycle (chat.sse_routes).
-        "http": EventStreamRoutes(ASGIStaticFilesHandler(SharedOrmThreadASGIHandler())),
+        # health check (chat.health) and the API's event streams (chat.sse_routes) are
+        # answered before Django's request cycle.
+        "http": HealthCheck(
+            EventStreamRoutes(ASGIStaticFilesHandler(SharedOrmThreadASGIHandler()))
+        ),
         # The consumer reads the session cookie itself (chat.consumers.session_cookie).
         "websocket": OriginValidator(
             URLRouter(websocket_urlpatterns), settings.CHAT_WEBSOCKET_ORIGINS
