@@ -1,8 +1,10 @@
 // The conversation page: frames from the socket applied to the transcript, the controls
-// that depend on them (Send, Stop, Regenerate), the title, the connection state and notices.
+// that depend on them (Send, Stop, Regenerate), the title, the connection state, notices,
+// and the sidebar of the user's other chats.
 
 import { Composer } from "./composer.js";
 import { makeButton, makeElement } from "./dom.js";
+import { Sidebar } from "./sidebar.js";
 import { ConversationSocket } from "./socket.js";
 import { Transcript } from "./transcript.js";
 
@@ -36,6 +38,13 @@ const socket = new ConversationSocket(socketUrl(), {
   onOpen: updateControls,
   onClose,
   onReconnecting: () => setConnection("reconnecting", "reconnecting…"),
+});
+
+const sidebar = new Sidebar(document.getElementById("sidebar"), {
+  toggle: document.getElementById("sidebar-toggle"),
+  currentId: root.dataset.conversationId,
+  onCurrentChanged: setTitle,
+  onCurrentDeleted: () => window.location.assign("/"),
 });
 
 const composer = new Composer(
@@ -111,6 +120,7 @@ function showNotice(text, { dismissible = true } = {}) {
 
 function onClose(code) {
   updateControls();
+  if (gaveUp) return false; // deleted: the page has said so already
   if (code === CLOSE_UNAUTHENTICATED) {
     window.location.assign(root.dataset.loginUrl);
     return false;
@@ -168,7 +178,11 @@ function onMessage({ message }) {
     composer.reconcile([message], { resend: false });
     // The server names an untitled conversation after the first line of its first
     // message, but sends no frame for that; mirror it until the next `state`.
-    if (!conversationTitle) setTitle({ title: firstLine(message.content) });
+    if (!conversationTitle) {
+      const title = firstLine(message.content);
+      setTitle({ title });
+      sidebar.update({ id: root.dataset.conversationId, title });
+    }
   }
   updateControls();
 }
@@ -207,14 +221,32 @@ function onError({ code, detail }) {
   updateControls();
 }
 
+// Renamed (or its model or system prompt changed) here, in another tab or through the API.
+function onConversation({ conversation }) {
+  setTitle(conversation);
+  sidebar.update(conversation);
+}
+
+// Deleted in another tab or through the API: nothing more to show or send here.
+function onDeleted() {
+  gaveUp = true;
+  setConnection("gone");
+  showNotice("This conversation was deleted.", { dismissible: false });
+  composer.disable();
+  updateControls();
+}
+
 const handlers = {
   state: onState,
   message: onMessage,
   delta: onDelta,
   done: onDone,
   removed: onRemoved,
+  conversation: onConversation,
+  deleted: onDeleted,
   error: onError,
 };
 
 setConnection("connecting", "connecting…");
 socket.connect();
+sidebar.reload();
