@@ -49,6 +49,14 @@ def session_key(request: HttpRequest) -> str | None:
     return request.COOKIES.get(settings.SESSION_COOKIE_NAME)
 
 
+def cookie_session_key(request: HttpRequest) -> str | None:
+    """The session cookie's key, if Django could have issued it: lowercase letters and
+    digits. Anything else (a NUL that the database would refuse) is no session, answered
+    without a query, as for sockets (`chat.consumers.session_cookie`)."""
+    key = request.COOKIES.get(settings.SESSION_COOKIE_NAME)
+    return key if key and key.isascii() and key.isalnum() else None
+
+
 class BearerToken(HttpBearer):
     """`Authorization: Bearer <personal token>` (chat.tokens)."""
 
@@ -69,7 +77,7 @@ class SessionCookie(APIKeyCookie):
 
     def _get_key(self, request: HttpRequest) -> str | None:
         # The CSRF check waits for `authenticate`: an anonymous request is a 401 first.
-        return request.COOKIES.get(self.param_name)
+        return cookie_session_key(request)
 
     async def authenticate(self, request: HttpRequest, key: str | None) -> User | None:
         if key is None:

@@ -44,7 +44,7 @@ from pydantic import ValidationError
 
 from chat import sse
 from chat.api import error_response, refused
-from chat.api_auth import UNSAFE_METHODS, session_key, users_of
+from chat.api_auth import UNSAFE_METHODS, cookie_session_key, session_key, users_of
 from chat.api_schemas import MessageIn
 from chat.batching import Batcher
 from chat.chats import Started, service
@@ -167,7 +167,7 @@ async def _user_id(request: HttpRequest) -> int | HttpResponse:
             raise ForDjango
         request.token_key = credential_key(token.pk)  # type: ignore[attr-defined]
         return int(token.owner_id)
-    key = request.COOKIES.get(settings.SESSION_COOKIE_NAME)
+    key = cookie_session_key(request)
     if key is None:
         raise ForDjango
     request.session = import_module(settings.SESSION_ENGINE).SessionStore(key)

@@ -8,15 +8,20 @@ PostgreSQL refuses in text and which the app replaces where text comes in.
 from __future__ import annotations
 
 import asyncio
+from importlib import import_module
 
 import pytest
 from asgiref.sync import sync_to_async
 from django.conf import settings as django_settings
+from django.http import HttpRequest
 
 from chat import chats
+from chat.api_auth import users_of
 from chat.models import Message
-from tests import database_faults
+from tests import api_client, database_faults
+from tests.asgi_client import ApplicationClient, logged_in_application_client
 from tests.chat_socket import ChatSocket
+from tests.conftest import logged_in_client
 from tests.llm_server import Behaviour, expected_text
 from tests.polling import wait_until
 
@@ -141,3 +146,50 @@ async def test_a_final_write_the_database_refuses_fails_alone(llm, user, convers
     await sync_to_async(database_faults.allow)()
     message = await service.finished(started[0])
     assert message is not None and (message.status, message.content) == ("complete", POISON)
+
+
+async def test_a_poisoned_cookie_fails_no_other_api_request(llm, user, conversations):
+    """API requests look their sessions up in batches (`chat.api_auth`, `chat.sse_routes`):
+    one whose session key the database would refuse is no login (401), and those arriving
+    with it, on a JSON route and an event stream, are served."""
+    events_url = api_client.url(conversations[0], "events")
+    paths = [api_client.LIST_URL, events_url] * 4
+    clients = [await logged_in_application_client(user) for _ in paths]
+    poisoned = ApplicationClient()
+    poisoned.cookies[django_settings.SESSION_COOKIE_NAME] = "aaaaaaaa\x00"
+    # The poisoned requests among the others, on each route.
+    requests = [(c, p) for c, p in zip(clients, paths, strict=True)]
+    requests[2:2] = [(poisoned, api_client.LIST_URL), (poisoned, events_url)]
+
+    responses = await asyncio.gather(*(client.get(path) for client, path in requests))
+
+    served = [r for (client, _), r in zip(requests, responses, strict=True) if client in clients]
+    refused = [r for (client, _), r in zip(requests, responses, strict=True) if client is poisoned]
+    assert [r.status_code for r in refused] == [401, 401]
+    assert all(r.json()["error"]["code"] == "unauthorized" for r in refused)
+    assert [r.status_code for r in served] == [200] * len(paths)
+    for path, response in zip(paths, served, strict=True):
+        if path == events_url:
+            events = api_client.EventReader(response)
+            first = await events.next()
+            assert first is not None and first.event == "state"
+            await events.close()
+        else:
+            assert len(response.json()["results"]) == len(conversations)
+
+
+async def test_a_session_the_database_refuses_fails_its_lookup_alone(user):
+    """Past the cookie's check, the batched lookup itself answers each request alone: a
+    session key the database refuses (PostgreSQL, NUL) is that request's failure."""
+    good = [(await logged_in_client(user)).session.session_key for _ in range(2)]
+    store = import_module(django_settings.SESSION_ENGINE).SessionStore
+    requests: list[HttpRequest] = []
+    for key in [good[0], "aaaaaaaa\x00", good[1]]:
+        request = HttpRequest()
+        request.session = store(key)
+        requests.append(request)
+
+    users = await sync_to_async(users_of)(requests)
+
+    assert [getattr(u, "pk", None) for u in (users[0], users[2])] == [user.pk, user.pk]
+    assert isinstance(users[1], Exception) or not users[1].is_authenticated
