@@ -20,7 +20,7 @@ from schemathesis import GenerationMode
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from chat.models import Message
-from tests.api_client import token_headers
+from tests.api_client import SSE, token_headers
 from tests.fuzzing import (
     BYSTANDER_MODEL,
     BYSTANDER_REPLY,
@@ -42,6 +42,8 @@ REQUEST_TIMEOUT = 30.0  # seconds; a reply streams in well under one
 # random id; not DELETE, which would leave the other operations nothing to work on.
 EXISTING = "5b0b0b5e-0000-4000-8000-000000000001"
 MODELS = "model-a,model-b"
+# Half the requests to these ask for their answer as server-sent events.
+STREAMS = ("/messages/", "/regenerate/", "/events/")
 
 # The document, read through the application as a client would read it (the fixture
 # checks that the live server serves the same), so that pytest can make one test per
@@ -79,10 +81,13 @@ class FuzzedAPI:
 
     def call(self, case: Any, **options: Any) -> None:
         self.sent += 1
+        headers = self.headers
+        if case.path.endswith(STREAMS) and self.sent % 2:
+            headers = {**headers, **SSE}  # the document has no Accept to generate
         case.call_and_validate(
             base_url=self.daphne.url,
             session=self.session,
-            headers=self.headers,
+            headers=headers,
             timeout=REQUEST_TIMEOUT,
             **options,
         )
