@@ -24,10 +24,14 @@ const ui = {
   ),
 };
 
-const transcript = new Transcript({
-  scroll: document.getElementById("transcript-scroll"),
-  list: document.getElementById("transcript"),
-});
+const transcript = new Transcript(
+  {
+    scroll: document.getElementById("transcript-scroll"),
+    list: document.getElementById("transcript"),
+    jump: document.getElementById("jump-to-latest"),
+  },
+  { onEdit: (id, content) => socket.send({ type: "edit", message_id: id, content }) },
+);
 const lastSeq = new Map(); // message id -> seq of the last delta applied to it
 let gaveUp = false;
 // The conversation's stored title; "" until the server (or the first message) names it.
@@ -79,6 +83,7 @@ function updateControls() {
   ui.stop.hidden = !busy;
   ui.stop.disabled = !open;
   ui.send.disabled = busy || gaveUp || composer.waitingForEcho;
+  transcript.setEditable(!busy && !gaveUp && open);
   ui.regenerate.remove();
   const last = transcript.last();
   if (!busy && !gaveUp && last && last.data.role === "assistant") {
@@ -246,6 +251,11 @@ const handlers = {
   deleted: onDeleted,
   error: onError,
 };
+
+// Esc stops the reply, wherever the focus is (an edit or a rename takes its own Esc).
+document.addEventListener("keydown", (event) => {
+  if (event.key === "Escape" && transcript.streaming() !== null) socket.send({ type: "stop" });
+});
 
 setConnection("connecting", "connecting…");
 socket.connect();
