@@ -2,8 +2,10 @@
 // that depend on them (Send, Stop, Regenerate), the title, the connection state, notices,
 // and the sidebar of the user's other chats.
 
+import { createApi } from "./api.js";
 import { Composer } from "./composer.js";
 import { makeButton, makeElement } from "./dom.js";
+import { ConversationSettings } from "./settings.js";
 import { Sidebar } from "./sidebar.js";
 import { ConversationSocket } from "./socket.js";
 import { Transcript } from "./transcript.js";
@@ -44,10 +46,27 @@ const socket = new ConversationSocket(socketUrl(), {
   onReconnecting: () => setConnection("reconnecting", "reconnecting…"),
 });
 
+const api = createApi(document.getElementById("sidebar").dataset.csrfToken);
+
+const settings = new ConversationSettings(
+  {
+    form: document.getElementById("settings-form"),
+    model: document.getElementById("settings-model"),
+    prompt: document.getElementById("settings-prompt"),
+    status: document.getElementById("settings-status"),
+    modelLabel: document.getElementById("conversation-model-name"),
+  },
+  { api, conversationId: root.dataset.conversationId },
+);
+
 const sidebar = new Sidebar(document.getElementById("sidebar"), {
+  api,
   toggle: document.getElementById("sidebar-toggle"),
   currentId: root.dataset.conversationId,
-  onCurrentChanged: setTitle,
+  onCurrentChanged: (conversation) => {
+    setTitle(conversation);
+    settings.show(conversation);
+  },
   onCurrentDeleted: () => window.location.assign("/"),
 });
 
@@ -160,7 +179,10 @@ function onState(frame) {
       lastSeq.set(id, running.seq);
     }
   }, true);
-  if (frame.conversation) setTitle(frame.conversation);
+  if (frame.conversation) {
+    setTitle(frame.conversation);
+    settings.show(frame.conversation);
+  }
   socket.settled();
   setConnection("live");
   composer.reconcile(frame.messages, { resend: true });
@@ -229,6 +251,7 @@ function onError({ code, detail }) {
 // Renamed (or its model or system prompt changed) here, in another tab or through the API.
 function onConversation({ conversation }) {
   setTitle(conversation);
+  settings.show(conversation);
   sidebar.update(conversation);
 }
 
@@ -260,3 +283,4 @@ document.addEventListener("keydown", (event) => {
 setConnection("connecting", "connecting…");
 socket.connect();
 sidebar.reload();
+settings.load();

@@ -1,7 +1,8 @@
 // The sidebar: the user's conversations, newest first, loading more as it scrolls; search
 // by title and text; rename in place; delete after a confirmation. All through the JSON
-// API, with the session's cookie and its CSRF token. On a phone it folds behind a button.
+// API. On a phone it folds behind a button.
 
+import { ApiError } from "./api.js";
 import { makeButton, makeElement } from "./dom.js";
 
 const PAGE_SIZE = 30;
@@ -10,14 +11,14 @@ const SEARCH_DELAY_MS = 250;
 export class Sidebar {
   // onCurrentChanged(conversation) after the open conversation is renamed here;
   // onCurrentDeleted() after it is deleted here.
-  constructor(root, { toggle, currentId, onCurrentChanged, onCurrentDeleted }) {
+  constructor(root, { api, toggle, currentId, onCurrentChanged, onCurrentDeleted }) {
+    this.api = api;
     this.root = root;
     this.toggle = toggle;
     this.list = root.querySelector("#conversation-list");
     this.more = root.querySelector("#conversation-more");
     this.status = root.querySelector("#sidebar-status");
     this.search = root.querySelector("#conversation-search");
-    this.csrfToken = root.dataset.csrfToken;
     this.currentId = currentId;
     this.hooks = { onCurrentChanged, onCurrentDeleted };
     this.query = "";
@@ -98,30 +99,15 @@ export class Sidebar {
     if (seen && this.next !== null && !this.loading) this.load(this.next);
   }
 
-  // A fetch of the API; the JSON answer, or null (and a word in the sidebar) on failure.
+  // The API's JSON answer, or null (and the reason in the sidebar) on failure.
   async call(method, url, body) {
-    const headers = { Accept: "application/json" };
-    if (method !== "GET") headers["X-CSRFToken"] = this.csrfToken;
-    if (body !== undefined) headers["Content-Type"] = "application/json";
-    let response;
     try {
-      response = await fetch(url, {
-        method,
-        headers,
-        body: body === undefined ? undefined : JSON.stringify(body),
-        credentials: "same-origin",
-      });
-    } catch {
-      this.say("Could not reach the server. Check the connection and try again.");
+      return await this.api(method, url, body);
+    } catch (error) {
+      if (!(error instanceof ApiError)) throw error;
+      this.say(error.message);
       return null;
     }
-    if (response.status === 204) return {};
-    const answer = await response.json().catch(() => null);
-    if (!response.ok) {
-      this.say(answer?.error?.detail || `The server said ${response.status}. Try again.`);
-      return null;
-    }
-    return answer;
   }
 
   item(conversation) {

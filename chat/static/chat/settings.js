@@ -1,0 +1,78 @@
+// The conversation's settings: its model (one of those /api/models/ offers) and its
+// system prompt, changed through the API. Every open tab hears of a change (the socket's
+// `conversation` frame) and shows it.
+
+import { ApiError } from "./api.js";
+import { makeElement } from "./dom.js";
+
+export class ConversationSettings {
+  constructor({ form, model, prompt, status, modelLabel }, { api, conversationId }) {
+    this.ui = { form, model, prompt, status, modelLabel };
+    this.api = api;
+    this.url = `/api/conversations/${conversationId}/`;
+    this.offered = null; // the models the server offers, once asked
+    this.current = { model: model.value, system_prompt: prompt.value };
+    form.addEventListener("submit", (event) => {
+      event.preventDefault();
+      this.save();
+    });
+  }
+
+  say(text) {
+    this.ui.status.textContent = text;
+  }
+
+  async load() {
+    try {
+      this.offered = (await this.api("GET", "/api/models/")).models;
+    } catch (error) {
+      if (!(error instanceof ApiError)) throw error;
+      this.say(error.message);
+      return;
+    }
+    this.fillModels();
+  }
+
+  // The offered models, and the conversation's own if the server no longer offers it.
+  fillModels() {
+    const { model } = this.current;
+    const names = [...this.offered];
+    if (!names.includes(model)) names.unshift(model);
+    this.ui.model.replaceChildren(
+      ...names.map((name) => {
+        const gone = !this.offered.includes(name);
+        const option = makeElement("option", "", gone ? `${name} (no longer offered)` : name);
+        option.value = name;
+        return option;
+      }),
+    );
+    this.ui.model.value = model;
+    if (!this.offered.includes(model)) {
+      this.say(`${model} is no longer offered here: pick another model to go on.`);
+    }
+  }
+
+  // The conversation as the server has it now (a `state` or `conversation` frame, or the
+  // answer to a save); a field being edited keeps what the user typed.
+  show(conversation) {
+    this.current = { model: conversation.model, system_prompt: conversation.system_prompt };
+    this.ui.modelLabel.textContent = conversation.model;
+    if (this.offered !== null) this.fillModels();
+    if (document.activeElement !== this.ui.prompt) {
+      this.ui.prompt.value = conversation.system_prompt;
+    }
+  }
+
+  async save() {
+    const change = { model: this.ui.model.value, system_prompt: this.ui.prompt.value };
+    this.say("Saving…");
+    try {
+      this.show(await this.api("PATCH", this.url, change));
+    } catch (error) {
+      if (!(error instanceof ApiError)) throw error;
+      this.say(error.message);
+      return;
+    }
+    this.say("Saved. The next reply uses these.");
+  }
+}
