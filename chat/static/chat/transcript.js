@@ -93,6 +93,8 @@ class Entry {
     const isUser = data.role === "user";
     this.el.className = `message ${isUser ? "message--user" : "message--assistant"}`;
     this.el.dataset.status = data.status;
+    // Screen readers hold the live region's news of a reply until it is whole.
+    this.el.setAttribute("aria-busy", String(data.status === "streaming"));
     this.role.textContent = isUser ? "You" : "Assistant";
     this.view.show(data.content);
     this.waiting.hidden = !(data.status === "streaming" && data.content === "");
