@@ -11,3 +11,11 @@ LOGGING = {
     "formatters": {"levels": {"format": "%(levelname)s %(name)s: %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "levels"}},
 }
+
+# The test model runs in the test's process, beside hypothesis, and keeps every request it
+# is sent: a long fuzz's garbage collections there paused it for over a second (the suite's
+# CHAT_READ_TIMEOUT), failing replies that the server served well. A model's context
+# window, as a real one has, keeps those requests small; the longer timeout rides out the
+# pauses left. A server that stalls is caught by the gaps in the other user's replies.
+CHAT_CONTEXT_TOKENS = 1536
+CHAT_READ_TIMEOUT = 5.0

@@ -12,6 +12,7 @@ import json
 import os
 import re
 import threading
+import time
 import uuid
 from collections.abc import Coroutine, Iterator
 from contextlib import contextmanager
@@ -36,6 +37,7 @@ REPORT = "CHAT_FUZZ_REPORT"  # a file: each test adds one JSON line of its figur
 BYSTANDER_MODEL = "bystander-model"
 BYSTANDER_REPLY = Behaviour(tokens=30, token_delay=0.01)
 BYSTANDER_CHAT_TIMEOUT = 30.0  # seconds for one chat, send to done
+BYSTANDER_LONGEST_GAP = 2.0  # seconds between two frames of a reply: the server kept up
 FRAME_TIMEOUT = 15.0  # seconds for the next frame a socket is waiting for
 
 # A line of the server's log that no request may cause: an error, a traceback, a 5xx.
@@ -154,7 +156,8 @@ async def next_frame(socket: aiohttp.ClientWebSocketResponse) -> dict[str, Any]:
 class Bystanders:
     """Another user's chats, one after another on each of their conversations, each on a
     socket of its own, for as long as the fuzz runs: every one must end `complete` with the
-    whole reply, its deltas in order, no error frame and no socket closed."""
+    whole reply, its deltas in order and never far apart, no error frame and no socket
+    closed."""
 
     def __init__(self, url: str, cookie: str, conversation_ids: list[Any]) -> None:
         self.url = url
@@ -202,9 +205,12 @@ class Bystanders:
         await socket.send_json(
             {"type": "send", "content": "Still there?", "client_msg_id": str(uuid.uuid4())}
         )
-        reply_id, deltas = None, []
+        reply_id, deltas, gaps = None, [], []
+        last = time.monotonic()
         while True:
             frame = await next_frame(socket)
+            gaps.append(time.monotonic() - last)
+            last += gaps[-1]
             assert frame["type"] != "error", frame
             if frame["type"] == "message" and frame["message"]["role"] == "assistant":
                 reply_id = frame["message"]["id"]
@@ -214,10 +220,12 @@ class Bystanders:
                 break
         whole, streamed = expected_text(BYSTANDER_REPLY.tokens), "".join(d["text"] for d in deltas)
         assert (frame["status"], frame["content"], streamed) == ("complete", whole, whole), (
-            f"a reply ended {frame['status']} with {frame['content']!r}, streamed {streamed!r}"
+            f"a reply ended {frame['status']} ({frame['error']}) with {frame['content']!r}, "
+            f"streamed {streamed!r}"
         )
         seqs = [d["seq"] for d in deltas]
         assert seqs == list(range(1, len(deltas) + 1)), f"deltas out of order: {seqs}"
+        assert max(gaps) < BYSTANDER_LONGEST_GAP, f"a reply stalled for {max(gaps):.1f} s"
 
 
 @contextmanager
