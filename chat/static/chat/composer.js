@@ -36,6 +36,11 @@ export class Composer {
     stop.addEventListener("click", onStop);
   }
 
+  // A message not yet known to be stored: the next connection sends it (again).
+  get hasPending() {
+    return this.pending !== null;
+  }
+
   get waitingForEcho() {
     return this.pending !== null && this.pending.sent;
   }

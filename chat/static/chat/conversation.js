@@ -43,7 +43,7 @@ const socket = new ConversationSocket(socketUrl(), {
   onFrame: (frame) => handlers[frame.type]?.(frame),
   onOpen: updateControls,
   onClose,
-  onReconnecting: () => setConnection("reconnecting", "reconnecting…"),
+  onReconnecting: () => setConnection("reconnecting", reconnectingText()),
 });
 
 const api = createApi(document.getElementById("sidebar").dataset.csrfToken);
@@ -81,11 +81,17 @@ const composer = new Composer(
     canSend: () => !gaveUp && transcript.streaming() === null,
     knownIds: () => transcript.ids(),
     onChange: updateControls,
-    onQueued: () =>
-      setConnection("reconnecting", "reconnecting… your message will be sent once connected"),
+    onQueued: () => setConnection("reconnecting", reconnectingText()),
     onStop: () => socket.send({ type: "stop" }),
   },
 );
+
+// Said on every attempt, so that a failed one does not hide that a message waits.
+function reconnectingText() {
+  return composer.hasPending
+    ? "reconnecting… your message will be sent once connected"
+    : "reconnecting…";
+}
 
 function socketUrl() {
   const scheme = window.location.protocol === "https:" ? "wss" : "ws";
