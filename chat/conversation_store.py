@@ -78,6 +78,17 @@ def transcript(user_id: int, conversation_id: UUID, *, latest: int | None = None
 
 
 @orm_step
+def current_state(conversation_id: UUID, *, latest: int) -> State | None:
+    """The conversation and its `latest` messages, for watchers it has already let in (a
+    resync, chat.fanout); None once it is deleted."""
+    conversation = Conversation.objects.filter(pk=conversation_id).first()
+    if conversation is None:
+        return None
+    recent = conversation.messages.order_by("-created_at")[:latest]
+    return State(conversation, list(recent)[::-1])
+
+
+@orm_step
 def update_conversation(
     user_id: int, conversation_id: UUID, fields: dict[str, Any]
 ) -> Conversation:

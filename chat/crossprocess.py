@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 from collections.abc import Callable
 from contextlib import suppress
 from typing import Any
@@ -25,6 +26,10 @@ logger = logging.getLogger(__name__)
 
 STOP = "reply.stop"
 END_SESSION = "session.end"
+# "How far is this conversation's reply?", asked of the process that runs it, and its answer.
+ASK = "reply.ask"
+ANSWER = "reply.answer"
+ASK_SECONDS = 2.0
 # Every process that holds sockets, for logouts.
 PROCESSES = "processes"
 REJOIN_SECONDS = 3600
@@ -47,9 +52,13 @@ class CrossProcess:
     """This process's channel, and what it does with the word it hears."""
 
     def __init__(
-        self, on_stop: Callable[[UUID], object], on_session_end: Callable[[str], None]
+        self,
+        on_stop: Callable[[UUID], object],
+        on_session_end: Callable[[str], None],
+        on_ask: Callable[[UUID, int | None], dict[str, Any] | None] = lambda c, after: None,
     ) -> None:
-        self._on_stop, self._on_session_end = on_stop, on_session_end
+        self._on_stop, self._on_session_end, self._on_ask = on_stop, on_session_end, on_ask
+        self._asked: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self._channel: str | None = None
         self._listener: asyncio.Task[None] | None = None
         self._joined_processes_at: float | None = None
@@ -67,6 +76,29 @@ class CrossProcess:
         await get_channel_layer().group_send(
             group(conversation_id), {"type": STOP, "conversation": str(conversation_id)}
         )
+
+    async def ask_runner(self, conversation_id: UUID, after: int | None) -> dict[str, Any] | None:
+        """The running reply of the conversation as its process tells it: its message id,
+        `seq`, text so far and the delta frames after `after`; None if no process answers
+        within ASK_SECONDS (no reply runs)."""
+        request = uuid.uuid4().hex
+        answer = self._asked[request] = asyncio.get_running_loop().create_future()
+        try:
+            message = {
+                "type": ASK,
+                "conversation": str(conversation_id),
+                "after": after,
+                "reply_to": await self._own_channel(),
+                "request": request,
+            }
+            await get_channel_layer().group_send(group(conversation_id), message)
+            async with asyncio.timeout(ASK_SECONDS):
+                told: dict[str, Any] = await answer
+                return told
+        except TimeoutError:
+            return None
+        finally:
+            self._asked.pop(request, None)
 
     async def holding_sockets(self) -> None:
         """This process holds sockets: take word of the sessions that end."""
@@ -99,7 +131,24 @@ class CrossProcess:
         layer = get_channel_layer()
         while True:
             message: dict[str, Any] = await layer.receive(channel)
-            if message.get("type") == STOP:
+            kind = message.get("type")
+            if kind == STOP:
                 self._on_stop(UUID(message["conversation"]))
-            elif message.get("type") == END_SESSION:
+            elif kind == END_SESSION:
                 self._on_session_end(message["session"])
+            elif kind == ASK:
+                await self._answer(message)
+            elif kind == ANSWER:
+                waiting = self._asked.get(message["request"])
+                if waiting is not None and not waiting.done():
+                    waiting.set_result(message["answer"])
+
+    async def _answer(self, message: dict[str, Any]) -> None:
+        answer = self._on_ask(UUID(message["conversation"]), message["after"])
+        if answer is None:
+            return  # not running it (any more): the one that does answers
+        reply = {"type": ANSWER, "request": message["request"], "answer": answer}
+        try:
+            await get_channel_layer().send(message["reply_to"], reply)
+        except Exception:
+            logger.warning("answering another process failed", exc_info=True)

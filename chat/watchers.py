@@ -1,16 +1,20 @@
 """Who watches which conversation in this process, and sending them frames.
 
-Frames go straight to the local sockets and SSE streams, encoded once for all of them:
-per-token traffic never touches the channel layer (one Redis hop costs more than a whole
-frame).
+Frames go straight to the local sockets and SSE streams, encoded once for all of them.
+With several processes (REDIS_URL), each frame is also published once for the other
+processes' watchers of the conversation, and what they publish is passed on here
+(`chat.fanout`).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 from uuid import UUID
+
+if TYPE_CHECKING:
+    from chat.fanout import FanOut
 
 logger = logging.getLogger(__name__)
 
@@ -27,9 +31,16 @@ class Watchers:
 
     def __init__(self) -> None:
         self._by_conversation: dict[UUID, set[Watcher]] = {}
+        # The other processes' watchers, when there are other processes.
+        self.fanout: FanOut | None = None
 
     def watch(self, conversation_id: UUID, watcher: Watcher) -> None:
-        self._by_conversation.setdefault(conversation_id, set()).add(watcher)
+        watchers = self._by_conversation.get(conversation_id)
+        if watchers is None:
+            watchers = self._by_conversation[conversation_id] = set()
+            if self.fanout is not None:
+                self.fanout.watch(conversation_id)
+        watchers.add(watcher)
 
     def unwatch(self, conversation_id: UUID, watcher: Watcher) -> None:
         watchers = self._by_conversation.get(conversation_id)
@@ -37,13 +48,23 @@ class Watchers:
             watchers.discard(watcher)
             if not watchers:
                 del self._by_conversation[conversation_id]
+                if self.fanout is not None:
+                    self.fanout.unwatch(conversation_id)
 
     async def broadcast(self, conversation_id: UUID, frame: Frame) -> None:
-        """Send a frame to everyone watching the conversation; one broken socket spoils none."""
+        """Send a frame to everyone watching the conversation, on every process."""
+        if self.fanout is None and conversation_id not in self._by_conversation:
+            return
+        text = json.dumps(frame)
+        await self.deliver_local(conversation_id, frame, text)
+        if self.fanout is not None:
+            self.fanout.publish(conversation_id, text)
+
+    async def deliver_local(self, conversation_id: UUID, frame: Frame, text: str) -> None:
+        """Send a frame to this process's watchers; one broken socket spoils none."""
         watchers = self._by_conversation.get(conversation_id)
         if not watchers:
             return
-        text = json.dumps(frame)
         for watcher in tuple(watchers):
             try:
                 await watcher.deliver(frame, text)

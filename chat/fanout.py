@@ -1,0 +1,332 @@
+"""Every frame of a conversation to its watchers on every process (with REDIS_URL).
+
+A process that broadcasts a frame (it runs the reply, or it changed the conversation)
+publishes it once to the conversation's Redis pub/sub channel; a process with watchers of
+a conversation subscribes to that channel while it has them, and passes each frame it
+hears on to its own watchers. So a frame costs one Redis message per process that watches
+the conversation, never one per token or per socket, and a process without watchers there
+hears nothing of it.
+
+Redis pub/sub and not the channel layer: a frame must leave without a round trip per
+frame on the clock's path (publishes are queued and sent in one pipeline per turn of the
+loop, in order), and a process must hear only the conversations it watches.
+
+Pub/sub delivers at most once: a subscriber whose connection drops (Redis restarts, or
+cuts a slow subscriber off) misses what was published meanwhile. So a receiver counts the
+deltas of each reply (`seq`): a delta that skips some asks the process that runs the reply
+for the missing ones (over `chat.crossprocess`), holding what comes meanwhile. When that
+cannot mend it (the reply ended meanwhile, a reply it never heard of began), and after
+every reconnection, the conversation's watchers here get a fresh `state` (the page renders
+it whole), and the frames after it follow. A tab that opens mid-reply on a process that
+does not run it gets the text so far from the runner too, asked after subscribing, so
+that no delta falls between the two.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+from contextlib import suppress
+from typing import Any
+from uuid import UUID
+
+from redis.asyncio import Redis
+from redis.asyncio.client import PubSub
+from redis.exceptions import RedisError
+
+from chat.watchers import Frame
+
+logger = logging.getLogger(__name__)
+
+CHANNEL_PREFIX = "chat:frames:"
+# How long to wait for a subscription to be confirmed, or for the runner's answer.
+WAIT_SECONDS = 2.0
+# Between two tries to reach Redis again after the subscriber's connection dropped.
+RECONNECT_SECONDS = 0.5
+
+# (conversation, `after`) -> the runner's answer: {"message_id", "seq", "content",
+# "deltas": [frames after `after`]}, or None when no process answers.
+Ask = Callable[[UUID, int | None], Awaitable[dict[str, Any] | None]]
+DeliverLocal = Callable[[UUID, Frame, str], Awaitable[None]]
+# Send the conversation's watchers here a fresh `state`; its running reply's (message id,
+# seq), if one runs.
+Resync = Callable[[UUID], Awaitable[tuple[str, int] | None]]
+
+
+def channel_of(conversation_id: UUID) -> str:
+    return CHANNEL_PREFIX + conversation_id.hex
+
+
+class Following:
+    """What this process has passed on of one conversation's running reply."""
+
+    __slots__ = ("message_id", "seq")
+
+    def __init__(self, message_id: str, seq: int) -> None:
+        self.message_id, self.seq = message_id, seq
+
+
+class FanOut:
+    """This process's side of the fan-out: what it publishes and what it hears."""
+
+    def __init__(self, url: str, deliver_local: DeliverLocal, ask: Ask, resync: Resync) -> None:
+        self.origin = uuid.uuid4().hex[:16]
+        self._prefix = (self.origin + " ").encode()
+        self._redis: Redis = Redis.from_url(url)
+        self._deliver_local, self._ask, self._resync = deliver_local, ask, resync
+        self._outbox: list[tuple[str, bytes]] = []
+        self._sending: asyncio.Task[None] | None = None
+        self._wanted: set[UUID] = set()
+        self._confirmed: dict[UUID, asyncio.Event] = {}
+        self._changes: asyncio.Queue[tuple[bool, UUID]] = asyncio.Queue()
+        self._pubsub: PubSub | None = None
+        self._listening: asyncio.Task[None] | None = None
+        self._following: dict[UUID, Following] = {}
+        # Conversations being mended: the frames heard meanwhile, passed on after.
+        self._holding: dict[UUID, list[tuple[Frame, str]]] = {}
+        self._repairs: set[asyncio.Task[None]] = set()
+
+    # --- Publishing -----------------------------------------------------------------------
+
+    def publish(self, conversation_id: UUID, text: str) -> None:
+        """Send a frame (its JSON) to the other processes that watch the conversation."""
+        self._outbox.append((channel_of(conversation_id), self._prefix + text.encode()))
+        if self._sending is None or self._sending.done():
+            self._sending = asyncio.create_task(self._send(), name="fanout-publish")
+
+    async def _send(self) -> None:
+        while self._outbox:
+            batch, self._outbox = self._outbox, []
+            try:
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    for channel, payload in batch:
+                        pipe.publish(channel, payload)
+                    await pipe.execute()
+            except (RedisError, OSError):
+                # Lost for the other processes: their receivers see the gap and ask.
+                logger.warning("publishing %d frames failed", len(batch), exc_info=True)
+
+    # --- Subscribing ----------------------------------------------------------------------
+
+    def watch(self, conversation_id: UUID) -> None:
+        """This process has a watcher of the conversation now (its first)."""
+        if conversation_id not in self._wanted:
+            self._wanted.add(conversation_id)
+            self._confirmed[conversation_id] = asyncio.Event()
+            self._changes.put_nowait((True, conversation_id))
+            self._listen_from_now_on()
+
+    def unwatch(self, conversation_id: UUID) -> None:
+        """Its last watcher here has gone."""
+        if conversation_id in self._wanted:
+            self._wanted.discard(conversation_id)
+            self._confirmed.pop(conversation_id, None)
+            self._following.pop(conversation_id, None)
+            self._changes.put_nowait((False, conversation_id))
+
+    async def subscribed(self, conversation_id: UUID) -> bool:
+        """Wait until this process hears the conversation's frames; False if it cannot."""
+        confirmed = self._confirmed.get(conversation_id)
+        if confirmed is None:
+            return False
+        try:
+            async with asyncio.timeout(WAIT_SECONDS):
+                await confirmed.wait()
+        except TimeoutError:
+            return False
+        return True
+
+    def _listen_from_now_on(self) -> None:
+        if self._listening is None or self._listening.done():
+            self._listening = asyncio.create_task(self._listen(), name="fanout-listener")
+
+    async def _listen(self) -> None:
+        """Subscribe and unsubscribe as asked, and pass on what is heard; come back after
+        Redis drops the connection, and repair what was missed meanwhile."""
+        reconnected = False
+        while True:
+            try:
+                await self._listen_once(reconnected)
+            except (RedisError, OSError):
+                logger.warning("the fan-out's Redis connection dropped", exc_info=True)
+            for event in self._confirmed.values():
+                event.clear()
+            if self._pubsub is not None:
+                with suppress(RedisError, OSError):
+                    await self._pubsub.aclose()  # type: ignore[no-untyped-call]
+                self._pubsub = None
+            reconnected = True
+            await asyncio.sleep(RECONNECT_SECONDS)
+
+    async def _listen_once(self, reconnected: bool) -> None:
+        pubsub = self._pubsub = self._redis.pubsub()
+        subscribed: set[UUID] = set()
+        # Drop the requests that are already in `_wanted`: subscribe to all of it anew.
+        while not self._changes.empty():
+            self._changes.get_nowait()
+        if self._wanted:
+            subscribed = set(self._wanted)
+            await pubsub.subscribe(*(channel_of(c) for c in subscribed))
+        if reconnected:
+            for conversation_id in subscribed:
+                self._mend_soon(conversation_id, resync=True)
+        while True:
+            while not self._changes.empty():
+                wanted, conversation_id = self._changes.get_nowait()
+                if wanted and conversation_id not in subscribed:
+                    subscribed.add(conversation_id)
+                    await pubsub.subscribe(channel_of(conversation_id))
+                elif not wanted and conversation_id in subscribed:
+                    subscribed.discard(conversation_id)
+                    await pubsub.unsubscribe(channel_of(conversation_id))
+            if not subscribed:
+                # Nothing to hear: wait for a subscription (get_message needs one).
+                self._changes.put_nowait(await self._changes.get())
+                continue
+            message = await pubsub.get_message(timeout=0.05)
+            if message is not None:
+                await self._heard(message)
+
+    async def _heard(self, message: dict[str, Any]) -> None:
+        kind = message["type"]
+        channel = message["channel"].decode()
+        conversation_id = UUID(hex=channel.removeprefix(CHANNEL_PREFIX))
+        if kind == "subscribe":
+            confirmed = self._confirmed.get(conversation_id)
+            if confirmed is not None:
+                confirmed.set()
+            return
+        if kind != "message" or conversation_id not in self._wanted:
+            return
+        data: bytes = message["data"]
+        if data.startswith(self._prefix):
+            return  # our own frame, passed on here already
+        text = data.split(b" ", 1)[1].decode()
+        frame: Frame = json.loads(text)
+        await self._pass_on(conversation_id, frame, text)
+
+    # --- Passing frames on, exactly once and in order -------------------------------------
+
+    async def _pass_on(self, conversation_id: UUID, frame: Frame, text: str) -> None:
+        held = self._holding.get(conversation_id)
+        if held is not None:
+            held.append((frame, text))
+            return
+        following = self._following.get(conversation_id)
+        kind = frame.get("type")
+        if kind == "delta":
+            message_id, seq = frame["message_id"], frame["seq"]
+            if following is None or following.message_id != message_id:
+                if seq != 1:  # a reply whose start this process missed
+                    self._mend_soon(conversation_id, resync=True, first=(frame, text))
+                    return
+                following = self._following[conversation_id] = Following(message_id, 0)
+            if seq <= following.seq:
+                return  # passed on already
+            if seq > following.seq + 1:
+                self._mend_soon(conversation_id, resync=False, first=(frame, text))
+                return
+            following.seq = seq
+        elif (
+            kind == "done"
+            and following is not None
+            and following.message_id == frame["message_id"]
+        ):
+            del self._following[conversation_id]
+        await self._deliver_local(conversation_id, frame, text)
+
+    def _mend_soon(
+        self, conversation_id: UUID, *, resync: bool, first: tuple[Frame, str] | None = None
+    ) -> None:
+        """Hold the conversation's frames while what was missed is mended."""
+        if conversation_id in self._holding:
+            if first is not None:
+                self._holding[conversation_id].append(first)
+            return
+        self._holding[conversation_id] = [first] if first is not None else []
+        task = asyncio.create_task(self._mend(conversation_id, resync), name="fanout-mend")
+        self._repairs.add(task)
+        task.add_done_callback(self._repairs.discard)
+
+    async def _mend(self, conversation_id: UUID, resync: bool) -> None:
+        """The missed deltas from the reply's runner; else a fresh `state` for the watchers
+        here. Then what was held meanwhile, less what that already holds."""
+        try:
+            missed = [] if resync else await self._missed_deltas(conversation_id)
+            if missed is None or resync:
+                self._following.pop(conversation_id, None)
+                streaming = await self._resync(conversation_id)
+                if streaming is not None:
+                    self._following[conversation_id] = Following(*streaming)
+                else:
+                    self._follow_first_held(conversation_id)
+                missed = []
+        except Exception:
+            logger.warning("mending the frames of %s failed", conversation_id, exc_info=True)
+            missed = []
+        held = self._holding.pop(conversation_id, [])
+        for frame in missed:
+            await self._pass_on(conversation_id, frame, json.dumps(frame))
+        for frame, text in held:
+            await self._pass_on(conversation_id, frame, text)
+
+    def _follow_first_held(self, conversation_id: UUID) -> None:
+        """No runner said how far its reply is (it has just ended, or does not answer):
+        go on from the first delta held, rather than mend again and again."""
+        for frame, _ in self._holding.get(conversation_id, []):
+            if frame.get("type") == "delta":
+                following = Following(frame["message_id"], frame["seq"] - 1)
+                self._following[conversation_id] = following
+                return
+
+    async def _missed_deltas(self, conversation_id: UUID) -> list[Frame] | None:
+        """The deltas after the last passed on, from the runner; None if it cannot say."""
+        following = self._following.get(conversation_id)
+        if following is None:
+            return None
+        answer = await self._ask(conversation_id, following.seq)
+        if answer is None or answer["message_id"] != following.message_id:
+            return None
+        deltas: list[Frame] = answer["deltas"]
+        return deltas
+
+    async def reply_so_far(
+        self, conversation_id: UUID, after: int | None = None
+    ) -> dict[str, Any] | None:
+        """The running reply of a conversation that another process runs, as its runner
+        tells it after this process hears the conversation's frames (so that none falls
+        between): {"message_id", "seq", "content", "deltas": [the deltas after `after`]}.
+        None when no process runs a reply there. Frames heard meanwhile wait, and only
+        those after it are passed on."""
+        if not await self.subscribed(conversation_id):
+            return None
+        holding = conversation_id not in self._holding
+        if holding:
+            self._holding[conversation_id] = []
+        try:
+            answer = await self._ask(conversation_id, after)
+            if answer is not None:
+                following = self._following.get(conversation_id)
+                if following is None or following.message_id != answer["message_id"]:
+                    following = Following(answer["message_id"], answer["seq"])
+                    self._following[conversation_id] = following
+        finally:
+            if holding:
+                for frame, text in self._holding.pop(conversation_id, []):
+                    await self._pass_on(conversation_id, frame, text)
+        return answer
+
+    # --- The end --------------------------------------------------------------------------
+
+    async def close(self) -> None:
+        tasks = [t for t in (self._sending, self._listening, *self._repairs) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self._pubsub is not None:
+            with suppress(RedisError, OSError):
+                await self._pubsub.aclose()  # type: ignore[no-untyped-call]
+        await self._redis.aclose()

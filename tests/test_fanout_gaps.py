@@ -1,0 +1,143 @@
+"""The receiving side of the fan-out (`chat.fanout.FanOut`) on a real Redis: frames that
+never arrived are mended, each frame is passed on once and in order. The runner that
+tells the missed deltas is played by the test (a reply's whole text is known here); the
+two processes of tests/test_fanout.py run the real one."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from redis.asyncio import Redis
+
+from chat.fanout import FanOut, channel_of
+from tests.polling import wait_until
+
+REDIS_URL = os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0"
+MESSAGE = str(uuid.uuid4())
+
+
+def delta(seq: int) -> dict[str, Any]:
+    return {"type": "delta", "message_id": MESSAGE, "seq": seq, "text": f"w{seq} "}
+
+
+class Receiver:
+    """A process with watchers of one conversation: what its watchers got."""
+
+    def __init__(self, runner_seq: int = 0) -> None:
+        self.conversation_id = uuid.uuid4()
+        self.delivered: list[dict[str, Any]] = []
+        self.asked: list[int | None] = []
+        self.resyncs = 0
+        self.runner_seq = runner_seq  # how far the played runner's reply is; 0: none runs
+        self.fanout = FanOut(REDIS_URL, self.deliver, self.ask, self.resync)
+
+    async def deliver(self, conversation_id: uuid.UUID, frame: dict[str, Any], text: str) -> None:
+        assert json.loads(text) == frame
+        self.delivered.append(frame)
+
+    async def ask(self, conversation_id: uuid.UUID, after: int | None) -> dict[str, Any] | None:
+        self.asked.append(after)
+        if not self.runner_seq:
+            return None
+        deltas = [delta(seq) for seq in range((after or 0) + 1, self.runner_seq + 1)]
+        return {"message_id": MESSAGE, "seq": self.runner_seq, "content": "", "deltas": deltas}
+
+    async def resync(self, conversation_id: uuid.UUID) -> tuple[str, int] | None:
+        self.resyncs += 1
+        state = {"type": "state", "streaming": {"message_id": MESSAGE, "seq": self.runner_seq}}
+        self.delivered.append(state)
+        return (MESSAGE, self.runner_seq) if self.runner_seq else None
+
+    def seqs(self) -> list[int]:
+        return [f["seq"] for f in self.delivered if f["type"] == "delta"]
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    found = Receiver()
+    found.fanout.watch(found.conversation_id)
+    assert await found.fanout.subscribed(found.conversation_id)
+    yield found
+    await found.fanout.close()
+
+
+@pytest.fixture
+async def redis() -> AsyncIterator[Redis]:
+    client = Redis.from_url(REDIS_URL)
+    yield client
+    await client.aclose()
+
+
+async def publish(redis: Redis, receiver: Receiver, *frames: dict[str, Any]) -> None:
+    """As another process publishes them."""
+    for frame in frames:
+        await redis.publish(channel_of(receiver.conversation_id), "elsewhere " + json.dumps(frame))
+
+
+async def test_frames_in_order_are_passed_on_as_they_come(receiver, redis):
+    await publish(redis, receiver, *(delta(seq) for seq in range(1, 6)))
+    async with asyncio.timeout(5):
+        await wait_until(lambda: len(receiver.delivered) == 5)
+    assert receiver.seqs() == [1, 2, 3, 4, 5] and receiver.asked == []
+
+
+async def test_a_gap_is_filled_from_the_runner(receiver, redis):
+    receiver.runner_seq = 7
+    await publish(redis, receiver, delta(1), delta(2), delta(5), delta(6), delta(7), delta(8))
+    async with asyncio.timeout(5):
+        await wait_until(lambda: receiver.seqs()[-1:] == [8])
+    assert receiver.seqs() == [1, 2, 3, 4, 5, 6, 7, 8]
+    assert receiver.asked == [2] and receiver.resyncs == 0
+
+
+async def test_a_delta_heard_twice_is_passed_on_once(receiver, redis):
+    await publish(redis, receiver, delta(1), delta(2), delta(2), delta(1), delta(3))
+    async with asyncio.timeout(5):
+        await wait_until(lambda: receiver.seqs()[-1:] == [3])
+    assert receiver.seqs() == [1, 2, 3]
+
+
+async def test_a_reply_whose_start_was_missed_resyncs(receiver, redis):
+    """Deltas of a reply first heard of mid-way: the watchers here missed its start."""
+    receiver.runner_seq = 4
+    await publish(redis, receiver, delta(4), delta(5))
+    async with asyncio.timeout(5):
+        await wait_until(lambda: receiver.seqs()[-1:] == [5])
+    kinds = [f["type"] for f in receiver.delivered]
+    assert kinds == ["state", "delta"] and receiver.seqs() == [5]
+
+
+async def test_a_gap_no_runner_can_fill_resyncs(receiver, redis):
+    """The reply ended meanwhile (no process runs it): a fresh state, then on."""
+    await publish(redis, receiver, delta(1), delta(4))
+    async with asyncio.timeout(5):
+        await wait_until(lambda: receiver.resyncs == 1 and receiver.seqs()[-1:] == [4])
+    assert receiver.seqs() == [1, 4] and receiver.asked == [1]
+
+
+async def test_its_own_frames_are_not_passed_on_twice(receiver):
+    receiver.fanout.publish(receiver.conversation_id, json.dumps(delta(1)))
+    await asyncio.sleep(0.3)  # time for the echo to come back, had it been passed on
+    assert receiver.delivered == []
+
+
+async def test_a_cut_connection_comes_back_and_resyncs(receiver, redis):
+    await publish(redis, receiver, delta(1))
+    async with asyncio.timeout(5):
+        await wait_until(lambda: receiver.seqs() == [1])
+    receiver.runner_seq = 3
+
+    await redis.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
+    async with asyncio.timeout(5):
+        await wait_until(lambda: receiver.resyncs == 1)
+    assert await receiver.fanout.subscribed(receiver.conversation_id)
+    await publish(redis, receiver, delta(4))
+    async with asyncio.timeout(5):
+        await wait_until(lambda: receiver.seqs()[-1:] == [4])
+    assert receiver.seqs() == [1, 4]  # 2 and 3 are in the fresh state
