@@ -17,7 +17,7 @@ import json
 import logging
 import weakref
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 from uuid import UUID
 
 from asgiref.sync import sync_to_async
@@ -27,6 +27,7 @@ from chat import conversation_store, crossprocess, llm, persistence, refusals, s
 from chat.batching import Batcher
 from chat.conversation_store import Position
 from chat.crossprocess import CrossProcess
+from chat.fanout import FanOut
 from chat.models import Conversation, Message
 from chat.persistence import ReplyPlan, State
 from chat.refusals import Refused
@@ -96,8 +97,17 @@ class ChatService:
         self.watchers = Watchers()
         self.upstream = llm.Upstream()
         self.crossprocess = (
-            CrossProcess(self._stop_here, self.end_session) if crossprocess.enabled() else None
+            CrossProcess(self._stop_here, self.end_session, self._how_far)
+            if crossprocess.enabled()
+            else None
         )
+        # Frames to and from the other processes' watchers (chat.fanout).
+        self.fanout = (
+            FanOut(settings.REDIS_URL, self.watchers.deliver_local, self._ask_runner, self._resync)
+            if self.crossprocess is not None
+            else None
+        )
+        self.watchers.fanout = self.fanout
         self.replies = Replies(self.watchers, self.upstream, self.crossprocess)
         self._sessions: dict[str, set[Attachment]] = {}
         self.socket_counts = SocketCounts()
@@ -175,6 +185,12 @@ class ChatService:
         reply = self.replies.running(conversation_id)
         if reply is not None and reply.done is not None:
             reply = None  # it has sent its `done`: only its last step keeps it registered
+        if reply is None and after is not None and self.fanout is not None:
+            following = await self._follow_elsewhere(
+                user_id, conversation_id, watcher, after, session_key
+            )
+            if following is not None:
+                return following
         if reply is not None and reply.message_id is not None and after is not None:
             if not await conversation_store.owns(user_id, conversation_id):
                 raise refusals.not_found()
@@ -201,6 +217,34 @@ class ChatService:
         await self._send_state(attachment, state)
         return attachment
 
+    async def _follow_elsewhere(
+        self,
+        user_id: int,
+        conversation_id: UUID,
+        watcher: Watcher,
+        after: int,
+        session_key: str | None,
+    ) -> Attachment | None:
+        """`follow` a reply that another process runs: its deltas after `after` from its
+        runner, then the frames heard after them. None when no process runs one."""
+        assert self.fanout is not None
+        if not await conversation_store.owns(user_id, conversation_id):
+            raise refusals.not_found()
+        following = Attachment(self, conversation_id, watcher, session_key)
+        try:
+            answer = await self.fanout.reply_so_far(conversation_id, after)
+        except BaseException:
+            following.detach()
+            raise
+        if answer is None:
+            following.detach()
+            return None
+        self._hold_session(following)
+        for frame in answer["deltas"]:
+            await watcher.deliver(*_encoded(frame))
+        await following.release({"message_id": answer["message_id"], "seq": answer["seq"]})
+        return following
+
     async def _send_state(self, attachment: Attachment, state: State) -> None:
         # Only this conversation's own reply can be streaming in it.
         reply = self.replies.running(state.conversation.pk)
@@ -211,8 +255,54 @@ class ChatService:
             # A reply that no process runs any more (its process died): settle it first.
             state.messages = await persistence.settle_orphans(state.conversation.pk, running)
         frame = self._state_frame(state)
+        if frame["streaming"] is None:
+            frame["streaming"] = await self._streaming_elsewhere(state)
         await attachment.watcher.deliver(*_encoded(frame))
         await attachment.release(frame["streaming"])
+
+    async def _streaming_elsewhere(self, state: State) -> Frame | None:
+        """The text so far of a reply that another process runs in the conversation, asked
+        of that process (chat.fanout); None with one process, or none streaming."""
+        if self.fanout is None or not any(
+            m.status == Message.Status.STREAMING for m in state.messages
+        ):
+            return None
+        answer = await self.fanout.reply_so_far(state.conversation.pk)
+        if answer is None:
+            return None
+        return {key: answer[key] for key in ("message_id", "seq", "content")}
+
+    # --- Across processes (chat.fanout, chat.crossprocess) ---------------------------------
+
+    def _how_far(self, conversation_id: UUID, after: int | None) -> dict[str, Any] | None:
+        """What another process asks of a reply this one runs: its text so far and the
+        deltas after `after`; None if none runs here."""
+        reply = self.replies.running(conversation_id)
+        snapshot = reply.snapshot() if reply is not None and reply.done is None else None
+        if reply is None or snapshot is None:
+            return None
+        return {**snapshot, "deltas": reply.deltas_after(after) if after is not None else []}
+
+    async def _ask_runner(self, conversation_id: UUID, after: int | None) -> dict[str, Any] | None:
+        assert self.crossprocess is not None
+        return await self.crossprocess.ask_runner(conversation_id, after)
+
+    async def _resync(self, conversation_id: UUID) -> tuple[str, int] | None:
+        """A fresh `state` for this process's watchers of the conversation, after frames
+        were lost on their way here; the running reply's (message id, seq) it holds."""
+        state = await conversation_store.current_state(
+            conversation_id, latest=settings.CHAT_STATE_MESSAGES
+        )
+        if state is None:
+            return None  # deleted: its `deleted` frame tells the watchers
+        frame = self._state_frame(state)
+        if frame["streaming"] is None and self.fanout is not None:
+            answer = await self._ask_runner(conversation_id, None)
+            if answer is not None:
+                frame["streaming"] = {k: answer[k] for k in ("message_id", "seq", "content")}
+        await self.watchers.deliver_local(conversation_id, *_encoded(frame))
+        streaming = frame["streaming"]
+        return (streaming["message_id"], streaming["seq"]) if streaming else None
 
     def _state_frame(self, state: State) -> Frame:
         reply = self.replies.running(state.conversation.pk)
@@ -433,6 +523,8 @@ class ChatService:
         if checks is not None:
             checks.cancel()
             await asyncio.gather(checks, return_exceptions=True)
+        if self.fanout is not None:
+            await self.fanout.close()
         if self.crossprocess is not None:
             await self.crossprocess.close()
         await self.socket_counts.close()
