@@ -252,12 +252,11 @@ async def test_proxy_stop_from_a_tab_on_one_process_stops_the_reply_of_the_other
     assert reply.status == "stopped" and reply.content
 
 
-@pytest.mark.skip(reason="cross-process fan-out (issue 11, part 1) is being built")
 async def test_proxy_tab_on_the_other_process_watches_the_reply_stream(
     site, llm_server, conversation, user, login_cookie
 ):
-    """Fan-out: the tab on the process that does not run the reply gets every delta in
-    order and the same `done`. Unskip when fan-out lands."""
+    """Fan-out (chat.fanout): the tab on the process that does not run the reply gets
+    every delta in order and the same `done`."""
     llm_server.reset()
     llm_server.behaviour = Behaviour(tokens=40, token_delay=0.02)
     async with (
