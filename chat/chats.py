@@ -112,6 +112,7 @@ class ChatService:
         self._sessions: dict[str, set[Attachment]] = {}
         self.socket_counts = SocketCounts()
         self._session_checks: asyncio.Task[None] | None = None
+        self._joining_processes: asyncio.Task[None] | None = None
         self._closing: set[asyncio.Task[None]] = set()
         # Steps that many users' requests arrive at together share one trip to the ORM
         # thread (`chat.batching`); each request still gets its own result.
@@ -169,6 +170,19 @@ class ChatService:
         if attachment.session_key is not None:
             self._sessions.setdefault(attachment.session_key, set()).add(attachment)
             self._check_sessions_from_now_on()
+            self._hear_of_session_ends_from_now_on()
+
+    def _hear_of_session_ends_from_now_on(self) -> None:
+        """What a session or a token opened here ends with a logout or a revocation on
+        another process: SSE streams too, where no socket has made this process join the
+        processes' group. A socket's opening waits for the join before its `state`; a
+        stream goes on at once, the join a Redis round trip behind."""
+        if self.crossprocess is not None and (
+            self._joining_processes is None or self._joining_processes.done()
+        ):
+            self._joining_processes = asyncio.create_task(
+                self._hear_of_logouts_elsewhere(), name="join-processes"
+            )
 
     async def follow(
         self,
@@ -520,9 +534,11 @@ class ChatService:
 
     async def _close(self) -> None:
         checks, self._session_checks = self._session_checks, None
-        if checks is not None:
-            checks.cancel()
-            await asyncio.gather(checks, return_exceptions=True)
+        joining, self._joining_processes = self._joining_processes, None
+        for task in (checks, joining):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         if self.fanout is not None:
             await self.fanout.close()
         if self.crossprocess is not None:
