@@ -123,7 +123,7 @@ async def test_sidebar_renames_in_place(page: Page, live_server_url: str, user: 
     await other.arefresh_from_db()
     assert other.title == "Other"
     # Renamed elsewhere (another tab, a script): the socket's `conversation` frame says so.
-    token = await page.locator("#sidebar").get_attribute("data-csrf-token")
+    token = await page.locator("#chat").get_attribute("data-csrf-token")
     response = await page.request.patch(
         f"{live_server_url}/api/conversations/{current.id}/",
         data={"title": "From elsewhere"},
@@ -166,7 +166,7 @@ async def test_open_conversation_deleted_elsewhere_says_so(
 ) -> None:
     (current,) = await make_conversations(user, ["Short-lived"])
     await open_conversation(page, live_server_url, user, current)
-    token = await page.locator("#sidebar").get_attribute("data-csrf-token")
+    token = await page.locator("#chat").get_attribute("data-csrf-token")
 
     response = await page.request.delete(
         f"{live_server_url}/api/conversations/{current.id}/", headers={"X-CSRFToken": token or ""}

@@ -46,7 +46,7 @@ const socket = new ConversationSocket(socketUrl(), {
   onReconnecting: () => setConnection("reconnecting", reconnectingText()),
 });
 
-const api = createApi(document.getElementById("sidebar").dataset.csrfToken);
+const api = createApi(root.dataset.csrfToken);
 
 const settings = new ConversationSettings(
   {
