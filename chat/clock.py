@@ -15,6 +15,8 @@ from contextlib import suppress
 
 from django.conf import settings
 
+from chat import metrics
+
 logger = logging.getLogger(__name__)
 
 
@@ -56,6 +58,8 @@ class Clock:
                 # gaps; a pass that overran starts the next one at once.
                 next_tick = max(next_tick + settings.CHAT_FRAME_INTERVAL, loop.time())
                 await asyncio.sleep(next_tick - loop.time())
+                # However late the wake-up, other work held the event loop that long.
+                metrics.LOOP_LAG.observe(max(loop.time() - next_tick, 0.0))
         finally:
             # From here on a new reply must start a new clock, not count on this one.
             if self._task is asyncio.current_task():

@@ -14,12 +14,13 @@ import asyncio
 import logging
 from collections.abc import Iterator
 from contextlib import aclosing, contextmanager, suppress
+from time import monotonic
 from typing import Any
 from uuid import UUID
 
 from django.conf import settings
 
-from chat import llm, persistence, refusals
+from chat import llm, metrics, persistence, refusals
 from chat.batching import Batcher
 from chat.clock import Clock
 from chat.crossprocess import CrossProcess
@@ -55,6 +56,9 @@ class Reply:
         self._sending = asyncio.Lock()  # held while a frame is sent
         self._stop_requested = False
         self._finishing = False
+        # When it was asked for, and when its last frame went out (chat.metrics).
+        self._asked_at = monotonic()
+        self._last_frame_at = 0.0
 
     # --- Seen by the chat service -----------------------------------------------------------
 
@@ -176,6 +180,12 @@ class Reply:
             self.seq += 1
             self._sent.append(text)
             self._ends.append((self._ends[-1] if self._ends else 0) + len(text))
+            now = monotonic()
+            if self.seq == 1:
+                metrics.FIRST_TOKEN.observe(now - self._asked_at)
+            else:
+                metrics.FRAME_GAPS.observe(now - self._last_frame_at)
+            self._last_frame_at = now
             await self.replies.watchers.broadcast(
                 self.conversation_id, self._delta(self.seq, text)
             )
@@ -201,6 +211,7 @@ class Reply:
 
     async def _finish(self, status: str, usage: llm.Usage, error: llm.LLMError | None) -> None:
         """Send the last text, write the reply whole, tell every watcher, leave the registry."""
+        metrics.count_ending(status)
         try:
             await self.flush(after_sending=True)  # after the frame the clock may be sending
             assert self.message_id is not None

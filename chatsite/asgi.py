@@ -18,8 +18,10 @@ from channels.security.websocket import OriginValidator  # noqa: E402
 from django.conf import settings  # noqa: E402
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
 
+from chat.chats import services  # noqa: E402
 from chat.handlers import SharedOrmThreadASGIHandler  # noqa: E402
 from chat.health import HealthCheck  # noqa: E402
+from chat.metrics import MetricsRoute  # noqa: E402
 from chat.routing import websocket_urlpatterns  # noqa: E402
 from chat.shutdown import save_replies_on_daphne_shutdown  # noqa: E402
 from chat.sse_routes import EventStreamRoutes  # noqa: E402
@@ -28,10 +30,11 @@ application = ProtocolTypeRouter(
     {
         # daphne serves the static files itself, in development and production alike, so that
         # `make run` and a bare `daphne chatsite.asgi:application` need nothing in front. The
-        # health check (chat.health) and the API's event streams (chat.sse_routes) are
-        # answered before Django's request cycle.
-        "http": HealthCheck(
-            EventStreamRoutes(ASGIStaticFilesHandler(SharedOrmThreadASGIHandler()))
+        # metrics (chat.metrics), the health check (chat.health) and the API's event streams
+        # (chat.sse_routes) are answered before Django's request cycle.
+        "http": MetricsRoute(
+            HealthCheck(EventStreamRoutes(ASGIStaticFilesHandler(SharedOrmThreadASGIHandler()))),
+            services,
         ),
         # The consumer reads the session cookie itself (chat.consumers.session_cookie).
         "websocket": OriginValidator(

@@ -301,3 +301,6 @@ CHAT_STALE_REPLY_SECONDS = env_float("CHAT_STALE_REPLY_SECONDS", 120.0)
 # How often the sessions of open sockets are checked again (expired, deleted, password
 # changed, user deactivated: their sockets close).
 CHAT_SESSION_CHECK_SECONDS = env_float("CHAT_SESSION_CHECK_SECONDS", 5.0)
+# Set: GET /metrics answers Prometheus with this as `Authorization: Bearer <token>`
+# (chat.metrics); unset, there are no metrics.
+CHAT_METRICS_TOKEN = os.environ.get("CHAT_METRICS_TOKEN", "")
