@@ -198,6 +198,19 @@ def test_create_title_too_long_is_413(logged_in):
     assert not Conversation.objects.exists()
 
 
+@pytest.mark.django_db
+def test_create_system_prompt_too_long_is_413(logged_in, settings):
+    settings.CHAT_MAX_INPUT_CHARS = 100
+
+    response = post_json(logged_in, LIST_URL, {"system_prompt": "x" * 101})
+
+    assert_error(response, 413, "too_long")
+    assert "100" in response.json()["error"]["detail"]
+    assert not Conversation.objects.exists()
+    longest = post_json(logged_in, LIST_URL, {"system_prompt": "x" * 100})
+    assert longest.status_code == 201
+
+
 # --- List ----------------------------------------------------------------------------------
 
 
@@ -442,6 +455,18 @@ def test_patch_title_too_long_is_413(logged_in, user, make_conversation):
     response = patch_json(logged_in, detail_url(conversation), {"title": "x" * 201})
 
     assert_error(response, 413, "too_long")
+
+
+@pytest.mark.django_db
+def test_patch_system_prompt_too_long_is_413(logged_in, user, make_conversation, settings):
+    settings.CHAT_MAX_INPUT_CHARS = 100
+    conversation = make_conversation(user, system_prompt="Keep.")
+
+    response = patch_json(logged_in, detail_url(conversation), {"system_prompt": "x" * 101})
+
+    assert_error(response, 413, "too_long")
+    conversation.refresh_from_db()
+    assert conversation.system_prompt == "Keep."
 
 
 @pytest.mark.django_db

@@ -1,5 +1,6 @@
 """One item's failure stays with that item: a poisoned item in each kind of batch (socket
-openings, sends, checkpoints, final writes) fails alone, and the others are served.
+openings, sends, checkpoints, final writes, the API's session lookups) fails alone, and
+the others are served.
 
 The poison is real: text the database refuses (a trigger), or a NUL character, which
 PostgreSQL refuses in text and which the app replaces where text comes in.
