@@ -28,6 +28,7 @@ from chat.batching import Batcher
 from chat.conversation_store import Position
 from chat.crossprocess import CrossProcess
 from chat.fanout import FanOut
+from chat.heartbeats import Heartbeat
 from chat.models import Conversation, Message
 from chat.persistence import ReplyPlan, State
 from chat.refusals import Refused
@@ -108,6 +109,12 @@ class ChatService:
             else None
         )
         self.watchers.fanout = self.fanout
+        # Processes that die without a word are noticed, and their replies ended.
+        self.heartbeat = (
+            Heartbeat(settings.REDIS_URL, self._running_message_ids, self._end_dead_replies)
+            if self.crossprocess is not None
+            else None
+        )
         self.replies = Replies(self.watchers, self.upstream, self.crossprocess)
         self._sessions: dict[str, set[Attachment]] = {}
         self.socket_counts = SocketCounts()
@@ -136,6 +143,8 @@ class ChatService:
         and, if the conversation is theirs, the watcher's attachment, after sending it the
         `state` frame; every frame after the state follows."""
         attachment = Attachment(self, conversation_id, watcher, session_key)
+        if self.heartbeat is not None:
+            self.heartbeat.start()
         try:
             user_id, state = await self._openings.submit(
                 persistence.Opening(session_key, conversation_id)
@@ -297,6 +306,33 @@ class ChatService:
             return None
         return {**snapshot, "deltas": reply.deltas_after(after) if after is not None else []}
 
+    def _running_message_ids(self) -> list[str]:
+        return [
+            str(reply.message_id)
+            for reply in self.replies.all_running()
+            if reply.message_id is not None and reply.done is None
+        ]
+
+    async def _end_dead_replies(self, message_ids: list[str]) -> None:
+        """The replies of a process that died (chat.heartbeats): `interrupted`, as they
+        were last saved, and every tab of their conversations told."""
+        for message in await persistence.interrupt_streaming(message_ids):
+            usage = message.usage or {
+                "prompt_tokens": 0,
+                "completion_tokens": 0,
+                "total_tokens": 0,
+                "estimated": True,
+            }
+            done = {
+                "type": "done",
+                "message_id": str(message.pk),
+                "status": message.status,
+                "content": message.content,
+                "usage": usage,
+                "error": message.error,
+            }
+            await self.watchers.broadcast(message.conversation_id, done)
+
     async def _ask_runner(self, conversation_id: UUID, after: int | None) -> dict[str, Any] | None:
         assert self.crossprocess is not None
         return await self.crossprocess.ask_runner(conversation_id, after)
@@ -377,6 +413,8 @@ class ChatService:
             plan.conversation.system_prompt, plan.history, settings.CHAT_CONTEXT_TOKENS
         )
         conversation = plan.conversation
+        if self.heartbeat is not None:
+            self.heartbeat.beat_soon()
         reply.start(
             plan.assistant_message.id,
             conversation.model,
@@ -539,6 +577,8 @@ class ChatService:
             if task is not None:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
+        if self.heartbeat is not None:
+            await self.heartbeat.close()
         if self.fanout is not None:
             await self.fanout.close()
         if self.crossprocess is not None:

@@ -119,6 +119,27 @@ def _is_id(user: int | None | Exception) -> bool:
 
 
 @db_step
+def interrupt_streaming(message_ids: list[str]) -> list[Message]:
+    """Mark those of the replies that are still `streaming` as `interrupted`, as they were
+    last saved (their process died, chat.heartbeats); the ones it marked."""
+    with transaction.atomic():
+        streaming = list(
+            Message.objects.select_for_update().filter(
+                pk__in=message_ids, status=Message.Status.STREAMING
+            )
+        )
+        now = timezone.now()
+        for message in streaming:
+            message.status = Message.Status.INTERRUPTED
+            message.error_code, message.error_detail = INTERRUPTED_CODE, INTERRUPTED_DETAIL
+            message.updated_at = now
+        Message.objects.bulk_update(
+            streaming, ["status", "error_code", "error_detail", "updated_at"]
+        )
+    return streaming
+
+
+@db_step
 def settle_orphans(conversation_id: UUID, running: set[UUID]) -> list[Message]:
     """Mark the conversation's replies that no process runs any more as `interrupted`
     (`running`: the replies this process runs, never settled); its latest messages after."""

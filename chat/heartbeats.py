@@ -1,0 +1,120 @@
+"""Processes that die without a word (SIGKILL, a crash, a lost machine) are noticed by the
+others within seconds, and exactly one of them ends the dead process's replies.
+
+With several processes (REDIS_URL) each process beats: every BEAT_SECONDS it renews a key
+that expires after LIFE_SECONDS and lists the replies it runs. Every process also looks at
+the others' lists: a list whose process key has expired belongs to a dead process, and the
+first survivor to claim it (SET NX) marks those replies `interrupted` as they were last
+saved, and tells their tabs on every process (`chat.fanout`). A process that stops
+cleanly (SIGTERM) ends its own replies and deletes its keys itself.
+
+So a reply left `streaming` by a dead process is settled within LIFE_SECONDS plus one
+look (BEAT_SECONDS), about 8 s, instead of CHAT_STALE_REPLY_SECONDS after its last
+checkpoint.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+from contextlib import suppress
+from typing import Any, cast
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+logger = logging.getLogger(__name__)
+
+BEAT_SECONDS = 2.0
+LIFE_SECONDS = 6
+# Every process that has beaten, and for each its replies and its heartbeat.
+PROCESSES = "chat:processes"
+ALIVE = "chat:process:{}:alive"
+REPLIES = "chat:process:{}:replies"
+CLAIM = "chat:process:{}:claimed"
+# How long a dead process's list of replies is kept for a survivor to claim.
+REPLIES_KEPT_SECONDS = 24 * 3600
+
+RunningReplies = Callable[[], list[str]]  # the message ids of the replies this process runs
+EndReplies = Callable[[list[str]], Awaitable[None]]  # end a dead process's replies
+
+
+class Heartbeat:
+    """This process's heartbeat, and its watch over the others'."""
+
+    def __init__(self, url: str, running: RunningReplies, end_replies: EndReplies) -> None:
+        self.process = uuid.uuid4().hex
+        self._redis: Redis = Redis.from_url(url)
+        self._running, self._end_replies = running, end_replies
+        self._task: asyncio.Task[None] | None = None
+        self._soon = asyncio.Event()
+
+    def start(self) -> None:
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._beat_and_look(), name="heartbeat")
+
+    def beat_soon(self) -> None:
+        """A reply has started here: list it now, not at the next beat."""
+        self._soon.set()
+        self.start()
+
+    async def _beat_and_look(self) -> None:
+        while True:
+            self._soon.clear()
+            try:
+                await self.beat()
+                await self.look()
+            except (RedisError, OSError):
+                logger.warning("the heartbeat could not reach Redis", exc_info=True)
+            with suppress(TimeoutError):
+                async with asyncio.timeout(BEAT_SECONDS):
+                    await self._soon.wait()
+
+    async def beat(self) -> None:
+        """Say this process is alive, and which replies it runs."""
+        replies = self._running()
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.sadd(PROCESSES, self.process)
+            pipe.set(ALIVE.format(self.process), 1, ex=LIFE_SECONDS)
+            pipe.delete(REPLIES.format(self.process))
+            if replies:
+                pipe.sadd(REPLIES.format(self.process), *replies)
+                pipe.expire(REPLIES.format(self.process), REPLIES_KEPT_SECONDS)
+            await pipe.execute()
+
+    async def look(self) -> None:
+        """End the replies of processes whose heartbeat has stopped, once each."""
+        for raw in await _awaited(self._redis.smembers(PROCESSES)):
+            process = raw.decode()
+            if process == self.process or await self._redis.exists(ALIVE.format(process)):
+                continue
+            if not await self._redis.set(CLAIM.format(process), self.process, nx=True, ex=60):
+                continue  # another survivor has it
+            listed = await _awaited(self._redis.smembers(REPLIES.format(process)))
+            replies = [r.decode() for r in listed]
+            if replies:
+                logger.warning(
+                    "process %s stopped beating: ending its %d replies", process, len(replies)
+                )
+                await self._end_replies(replies)
+            await self._redis.delete(REPLIES.format(process))
+            await _awaited(self._redis.srem(PROCESSES, process))
+
+    async def close(self, *, stopped_cleanly: bool = True) -> None:
+        """Stop beating; a process that ended its own replies takes itself off the list."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        if stopped_cleanly:
+            with suppress(RedisError, OSError):
+                await self._redis.delete(ALIVE.format(self.process), REPLIES.format(self.process))
+                await _awaited(self._redis.srem(PROCESSES, self.process))
+        await self._redis.aclose()
+
+
+async def _awaited(result: Any) -> Any:
+    """What the asyncio client's command returns (redis-py types both clients' alike)."""
+    return await cast("Awaitable[Any]", result)
