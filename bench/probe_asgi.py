@@ -3,8 +3,10 @@
     daphne bench.probe_asgi:application
 
 Every database connection the process opens gets an execute wrapper that counts its
-statements; `GET /__bench__/stats` answers the count (and the process id) before Django
-sees the request. Every other request goes to `chatsite.asgi.application` unchanged.
+statements, and their executions (an `executemany` of n rows is one statement sent, which
+the database runs n times); `GET /__bench__/stats` answers both counts (and the process
+id) before Django sees the request. Every other request goes to `chatsite.asgi.application`
+unchanged.
 """
 
 from __future__ import annotations
@@ -27,12 +29,16 @@ Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
 _lock = threading.Lock()  # statements run on the ORM thread and on views' threads
 _queries = 0
+_executions = 0
 
 
 def _count(execute: Callable[..., Any], sql: str, params: Any, many: bool, context: Any) -> Any:
-    global _queries
+    global _queries, _executions
+    if many and not isinstance(params, list | tuple):
+        params = list(params)  # counted, then passed on whole
     with _lock:
         _queries += 1
+        _executions += len(params) if many else 1
     return execute(sql, params, many, context)
 
 
@@ -47,7 +53,9 @@ connection_created.connect(_install_counter)
 
 async def application(scope: Scope, receive: Receive, send: Send) -> None:
     if scope["type"] == "http" and scope["path"] == STATS_PATH:
-        body = json.dumps({"queries": _queries, "pid": os.getpid()}).encode()
+        body = json.dumps(
+            {"queries": _queries, "executions": _executions, "pid": os.getpid()}
+        ).encode()
         headers = [(b"content-type", b"application/json")]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": body})

@@ -93,7 +93,7 @@ class Row:
     check: Check | None = None
 
 
-def _at_most(key: str, limit: float) -> Check:
+def at_most(key: str, limit: float) -> Check:
     def check(ours: Measures, reference: Measures | None) -> bool | None:
         value = getattr(ours, key)
         return None if value is None else value <= limit
@@ -114,21 +114,21 @@ def _sse_cpu_ratio(sse: Measures, websocket: Measures | None) -> bool | None:
 ROWS = (
     Row("one chat alone (s)", "alone_s", 2),
     Row("all K at once, wall (s)", "wall_s", 2),
-    Row("all K at once / one alone", "wall_ratio", 2, "<= 1.15", _at_most("wall_ratio", 1.15)),
+    Row("all K at once / one alone", "wall_ratio", 2, "<= 1.15", at_most("wall_ratio", 1.15)),
     Row("time to first token p50 (ms)", "ttft_p50_ms", 0),
-    Row("time to first token p99 (ms)", "ttft_p99_ms", 0, "<= 500", _at_most("ttft_p99_ms", 500)),
-    Row("largest gap per chat p99 (ms)", "gap_p99_ms", 0, "<= 250", _at_most("gap_p99_ms", 250)),
+    Row("time to first token p99 (ms)", "ttft_p99_ms", 0, "<= 500", at_most("ttft_p99_ms", 500)),
+    Row("largest gap per chat p99 (ms)", "gap_p99_ms", 0, "<= 250", at_most("gap_p99_ms", 250)),
     Row("delta frames per reply", "frames_per_reply", 1),
-    Row("errors", "errors", 0, "0", _at_most("errors", 0)),
-    Row("stored text differs from stream", "wrong_texts", 0, "0", _at_most("wrong_texts", 0)),
+    Row("errors", "errors", 0, "0", at_most("errors", 0)),
+    Row("stored text differs from stream", "wrong_texts", 0, "0", at_most("wrong_texts", 0)),
     Row("server CPU per token (us)", "cpu_per_token_us", 1, "<= 0.35 x ref", _cpu_ratio),
-    Row("set-up CPU per chat (ms)", "setup_cpu_ms", 2, "<= 5", _at_most("setup_cpu_ms", 5)),
+    Row("set-up CPU per chat (ms)", "setup_cpu_ms", 2, "<= 5", at_most("setup_cpu_ms", 5)),
     Row("  of which creating it (ms)", "create_cpu_ms", 2),
     Row("  of which connect and state (ms)", "connect_cpu_ms", 2),
     # A statement that stores a batch (many sends, many rows) counts once.
     Row("DB statements per reply", "queries_per_reply", 1),
     Row("DB statements per set-up", "queries_per_setup", 1),
-    Row("RSS per idle socket (KiB)", "idle_kib", 1, "<= 32", _at_most("idle_kib", 32)),
+    Row("RSS per idle socket (KiB)", "idle_kib", 1, "<= 32", at_most("idle_kib", 32)),
     Row("server CPU during the K replies (s)", "server_cpu_s", 2),
     Row("  of which the event loop thread (s)", "loop_cpu_s", 2),
     Row("model server CPU, same time (s)", "model_server_cpu_s", 2),
@@ -156,24 +156,26 @@ def _cell(value: Any, digits: int) -> str:
 
 def table(ours: Measures, reference: Measures | None) -> str:
     """A Markdown table: each figure for ours and the reference, their ratio, the target."""
-    return _table(ROWS, ("ours", "reference", "ours / ref"), ours, reference)
+    return any_table(ROWS, ("ours", "reference", "ours / ref"), ours, reference)
 
 
 def sse_table(sse: Measures, websocket: Measures) -> str:
     """The same for the project over SSE against its websocket figures."""
-    return _table(SSE_ROWS, ("SSE", "websocket", "SSE / ws"), sse, websocket)
+    return any_table(SSE_ROWS, ("SSE", "websocket", "SSE / ws"), sse, websocket)
 
 
-def _table(
+def any_table(
     rows: Sequence[Row], names: tuple[str, str, str], mine: Measures, theirs: Measures | None
 ) -> str:
+    """A Markdown table of `rows` for two sets of figures; a figure that `theirs` lacks
+    is n/a."""
     lines = [
         f"| measure | {names[0]} | {names[1]} | {names[2]} | target | met |",
         "| --- | ---: | ---: | ---: | --- | --- |",
     ]
     for row in rows:
         value = getattr(mine, row.key)
-        other = getattr(theirs, row.key) if theirs else None
+        other = getattr(theirs, row.key, None)
         both = isinstance(value, float) and isinstance(other, float)
         value_to_other = ratio(value, other) if both else None
         met = row.check(mine, theirs) if row.check else None

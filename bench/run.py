@@ -2,12 +2,15 @@
 
     python -m bench.run --k 200 --tokens 200 --rate 40 --idle-sockets 500 --json out.json
     python -m bench.run --k 200 --sse      # the project over SSE too, against the same server
+    python -m bench.run --k 200 --processes 2   # two processes, each reply watched from the other
 
 Starts the test model server at the set pace, then the project under daphne (one process,
 SQLite in a temporary folder), then the reference relay under daphne, measures each in
 turn, prints one Markdown table and stops everything it started, whatever happens. With
 `--sse`, K more chats then stream their replies over SSE from the same project server,
-and a second table sets their figures beside the websocket's.
+and a second table sets their figures beside the websocket's. With `--processes 2`, two
+project processes share the database and a Redis (`bench.two_processes`), and each reply
+is watched from a tab on the process that does not run it.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from typing import Any
 
 import aiohttp
 
-from bench import chats, event_streams, report
+from bench import chats, event_streams, report, two_processes
 from bench.processes import (
     HOST,
     ROOT,
@@ -60,6 +63,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--skip-reference", action="store_true", help="measure only ours")
     parser.add_argument(
         "--sse", action="store_true", help="then K chats over SSE, against the same server"
+    )
+    parser.add_argument(
+        "--processes",
+        type=int,
+        choices=(1, 2),
+        default=1,
+        help="2: two project processes on one database and Redis, each reply watched from "
+        "the other (no idle sockets, no SSE)",
+    )
+    parser.add_argument(
+        "--redis-url",
+        help="with --processes 2: this Redis database (flushed first) instead of a "
+        "redis-server of the benchmark's own",
     )
     parser.add_argument("--json", type=Path, help="also write every figure to this file")
     parser.add_argument(
@@ -367,6 +383,8 @@ def benchmark(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
     with Child("model", python(*model_argv), base_env(), folder) as model:
         model.wait_for_port(port)
         model_url = f"http://{HOST}:{port}/v1"
+        if args.processes == 2:
+            return benchmark_two(args, folder, model, model_url)
         ours, over_sse = measure_project(args, folder, model, model_url)
         reference = (
             None if args.skip_reference else measure_reference(args, folder, model, model_url)
@@ -401,7 +419,21 @@ def benchmark(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
     }
 
 
+def benchmark_two(
+    args: argparse.Namespace, folder: Path, model: Child, model_url: str
+) -> dict[str, Any]:
+    """Two project processes on one SQLite file and one Redis, then the reference relay."""
+    args.idle_sockets = 0  # the reference's idle-socket figure has nothing to match here
+    with two_processes.redis_server(args.redis_url, folder) as redis_url:
+        env = {**project_env(folder, model_url), "REDIS_URL": redis_url}
+        ours = two_processes.measure_project(args, folder, model, env)
+    reference = None if args.skip_reference else measure_reference(args, folder, model, model_url)
+    return two_processes.result(args, ours, reference, args.redis_url)
+
+
 def headline(result: dict[str, Any]) -> str:
+    if result["config"].get("processes") == 2:
+        return two_processes.headline(result)
     config, host = result["config"], result["machine"]
     return (
         f"K={config['k']} chats at once, {config['tokens']} tokens per reply at "
@@ -428,7 +460,7 @@ def main(argv: list[str] | None = None) -> int:
     print(headline(result))
     print()
     print(result["table"])
-    if result["sse_table"]:
+    if result.get("sse_table"):
         print()
         print("The project over SSE, against its websocket figures above:")
         print()

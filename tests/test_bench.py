@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
+from bench import two_processes
 from bench.report import ROWS, SSE_ROWS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -46,6 +49,39 @@ def test_bench_tiny_run_prints_every_row_without_errors(tmp_path):
     for row in SSE_ROWS:
         assert f"| {row.label} |" in result["sse_table"]
     assert result["sse_table"] in done.stdout
+
+
+def test_bench_two_processes_tiny_run_loses_no_delta(tmp_path):
+    """Each reply run on one process and watched from a tab on the other, on a Redis of the
+    benchmark's own (or the suite's, in a database of its own, without redis-server)."""
+    argv = ["--processes", "2", "--k", "4", "--tokens", "10", "--rate", "200", "--skip-reference"]
+    if shutil.which("redis-server") is None:
+        if not os.environ.get("REDIS_URL"):
+            pytest.skip("neither redis-server nor REDIS_URL")
+        # A database of its own on the suite's Redis: the run flushes it first.
+        redis_url = urlsplit(os.environ["REDIS_URL"])._replace(path="/13")
+        argv += ["--redis-url", urlunsplit(redis_url)]
+    out = tmp_path / "two.json"
+    done = subprocess.run(  # noqa: S603 (our own interpreter and arguments)
+        [sys.executable, "-m", "bench.run", *argv, "--json", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+    assert done.returncode == 0, done.stderr[-3000:]
+    for row in two_processes.ROWS:
+        assert f"| {row.label} |" in done.stdout
+    ours = json.loads(out.read_text())["ours"]
+    assert ours["errors"] == ours["sender_errors"] == 0, ours["error_samples"]
+    assert ours["lost_deltas"] == ours["repeated_deltas"] == 0
+    assert ours["wrong_texts"] == 0
+    assert ours["tokens_relayed"] == 4 * 10
+    # Every frame crossed Redis: published once, heard by both processes.
+    assert ours["publishes_per_reply"] >= 1
+    assert ours["subscribers_per_channel"] == 2
 
 
 @pytest.mark.parametrize(
