@@ -60,6 +60,8 @@ CHROMIUM_ARGS = [
 ]
 MARKUP = "<img src=x onerror=alert(1)>"
 SCREENSHOT = "/tmp/chat.png"  # noqa: S108 - looked at by a person, not read back
+# What went wrong on each open page (see the `page` fixture).
+PROBLEMS: dict[Page, list[str]] = {}
 # Every page of a test reports what its Content-Security-Policy blocked (run by the
 # browser before the page's own scripts, whatever the policy).
 REPORT_CSP_VIOLATIONS = """
@@ -93,17 +95,18 @@ async def page(browser: Browser, llm_server: FakeLLM, live_server_url: str) -> A
     context = await browser.new_context(viewport={"width": 1000, "height": 720})
     page = await context.new_page()
     page.set_default_timeout(10_000)
-    # Any alert() would mean that model output or user input ran as code; a script error
-    # or a CSP violation would mean the page is broken in ways its text may not show; a
-    # request to anywhere but the app, that a reply made the page fetch something.
-    problems: list[str] = []
+    # Any alert() would mean that model output or user input ran as code; a script error,
+    # an error in the console or a CSP violation would mean the page is broken in ways its
+    # text may not show; a request to anywhere but the app, that a reply made the page
+    # fetch something.
+    problems = PROBLEMS.setdefault(page, [])
 
     async def dismiss(dialog: Dialog) -> None:
         problems.append(f"dialog: {dialog.message}")
         await dialog.dismiss()
 
     def check_console(message: ConsoleMessage) -> None:
-        if "Content Security Policy" in message.text:
+        if message.type == "error" or "Content Security Policy" in message.text:
             problems.append(f"console: {message.text}")
 
     def check_request(request: Request) -> None:
@@ -118,7 +121,13 @@ async def page(browser: Browser, llm_server: FakeLLM, live_server_url: str) -> A
     await page.add_init_script(REPORT_CSP_VIOLATIONS)
     yield page
     await context.close()
-    assert problems == []
+    assert PROBLEMS.pop(page) == []
+
+
+def forgive(page: Page, text: str) -> None:
+    """Drops the problems seen on `page` so far that hold `text`: for a test that causes
+    them on purpose."""
+    PROBLEMS[page] = [problem for problem in PROBLEMS[page] if text not in problem]
 
 
 # --- Steps -------------------------------------------------------------------------------
