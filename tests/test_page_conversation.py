@@ -138,3 +138,25 @@ async def test_exports_download_the_transcript(
         download = await download_info.value
         path = await download.path()
         assert "Export me" in path.read_text(), name
+
+
+async def test_second_tab_shows_the_same_stream(
+    page: Page, live_server_url: str, user: AbstractBaseUser, llm_server: FakeLLM
+) -> None:
+    llm_server.behaviour = Behaviour(tokens=60, token_delay=0.05)
+    await open_new_chat(page, live_server_url, user)
+    other = await page.context.new_page()  # the same session, as a second tab is
+    await other.goto(page.url)
+    await expect(other.locator("#chat")).to_have_attribute("data-connection", "live")
+
+    await send(page, "Both of you, watch")
+
+    for tab in (page, other):
+        await expect(last_reply(tab)).to_have_attribute("data-status", "streaming")
+    for tab in (page, other):
+        await expect(last_reply(tab)).to_have_attribute("data-status", "complete")
+        assert await reply_text(tab) == shown(60)
+    await expect(other.locator(".message--user .message__content")).to_have_text(
+        "Both of you, watch"
+    )
+    await other.close()
