@@ -186,8 +186,10 @@ class ChatService:
         another process: SSE streams too, where no socket has made this process join the
         processes' group. A socket's opening waits for the join before its `state`; a
         stream goes on at once, the join a Redis round trip behind."""
-        if self.crossprocess is not None and (
-            self._joining_processes is None or self._joining_processes.done()
+        if (
+            self.crossprocess is not None
+            and not self.crossprocess.hears_session_ends()
+            and (self._joining_processes is None or self._joining_processes.done())
         ):
             self._joining_processes = asyncio.create_task(
                 self._hear_of_logouts_elsewhere(), name="join-processes"

@@ -100,12 +100,17 @@ class CrossProcess:
         finally:
             self._asked.pop(request, None)
 
+    def hears_session_ends(self) -> bool:
+        """Whether this process is in the group of all processes (and need not join now)."""
+        joined_at = self._joined_processes_at
+        now = asyncio.get_running_loop().time()
+        return joined_at is not None and now - joined_at < REJOIN_SECONDS
+
     async def holding_sockets(self) -> None:
         """This process holds sockets: take word of the sessions that end."""
-        now = asyncio.get_running_loop().time()
-        joined_at = self._joined_processes_at
-        if joined_at is not None and now - joined_at < REJOIN_SECONDS:
+        if self.hears_session_ends():
             return
+        now = asyncio.get_running_loop().time()
         self._joined_processes_at = now
         await get_channel_layer().group_add(PROCESSES, await self._own_channel())
 
