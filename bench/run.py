@@ -81,7 +81,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--profile",
         type=Path,
-        help="folder for py-spy profiles (raw) of the set-ups and the replies",
+        help="folder for py-spy profiles (raw) of the set-ups and the replies (with "
+        "--processes 2: of both processes during the replies)",
     )
     args = parser.parse_args(argv)
     if args.k < 1 or args.tokens < 1 or args.rate <= 0 or args.idle_sockets < 0:

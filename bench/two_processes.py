@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import json
 import shutil
+import signal
 import time
 import uuid
 from collections.abc import Iterator, Sequence
@@ -29,7 +30,16 @@ import aiohttp
 from redis.asyncio import Redis
 
 from bench import chats, report
-from bench.processes import HOST, Child, cpu_seconds, free_port, machine, python, run_python
+from bench.processes import (
+    HOST,
+    Child,
+    cpu_seconds,
+    free_port,
+    machine,
+    py_spy,
+    python,
+    run_python,
+)
 from bench.report import Row, at_most
 from tests.llm_server import expected_text
 
@@ -49,6 +59,7 @@ class TwoProcesses(report.Measures):
     repeated_deltas: int = 0
     fresh_states: int = 0  # a `state` again mid-reply, replacing what the tab showed
     sender_ttft_p99_ms: float | None = None
+    sender_gap_p99_ms: float | None = None
     sender_errors: int = 0
     cpu_a_s: float | None = None
     cpu_b_s: float | None = None
@@ -85,6 +96,7 @@ ROWS = (
         "<= 300",
         at_most("gap_p99_ms", 300),
     ),
+    Row("largest gap per sending tab p99 (ms)", "sender_gap_p99_ms", 0),
     Row("delta frames per reply (watching tab)", "frames_per_reply", 1),
     Row("lost deltas", "lost_deltas", 0, "0", at_most("lost_deltas", 0)),
     Row("repeated deltas", "repeated_deltas", 0, "0", at_most("repeated_deltas", 0)),
@@ -405,7 +417,8 @@ async def measure(
 
             before = await read_all(http, processes, redis)
             model_cpu, client_cpu = cpu_seconds(model.pid), time.process_time()
-            measures.wall_s, senders, watched = await pairs_at_once(pairs, timeout)
+            with profiling(processes, args.profile):
+                measures.wall_s, senders, watched = await pairs_at_once(pairs, timeout)
             after = await read_all(http, processes, redis)
             measures.model_server_cpu_s = cpu_seconds(model.pid) - model_cpu
             measures.client_cpu_s = time.process_time() - client_cpu
@@ -417,6 +430,27 @@ async def measure(
     measures.errors += len(failed)
     measures.error_samples = (failed + measures.error_samples)[:5]
     return measures, watched
+
+
+@contextlib.contextmanager
+def profiling(processes: Sequence[Process], folder: Path | None) -> Iterator[None]:
+    """py-spy profiles of both processes while the block runs, if profiles were asked for
+    (`python -m bench.hotspots FOLDER/project-b-replies.txt`)."""
+    if folder is None:
+        yield
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    recorders = [
+        py_spy(p.child.pid, folder / f"{p.name}-replies.txt", p.child.env, folder)
+        for p in processes
+    ]
+    with contextlib.ExitStack() as stack:
+        for recorder in recorders:
+            stack.enter_context(recorder)
+        time.sleep(1.0)  # noqa: ASYNC251 - before anything is sent: py-spy attaches
+        yield
+        for recorder in recorders:  # SIGINT: py-spy writes its file
+            recorder.stop(timeout=30, signum=signal.SIGINT)
 
 
 def watched_error(reply: Watched, expected: str) -> str | None:
@@ -453,6 +487,8 @@ def reply_figures(
     measures.sender_errors = len(sender_errors)
     ttfts = [r.first_delta * 1000 for r in senders if r.first_delta is not None]
     measures.sender_ttft_p99_ms = report.percentile(ttfts, 99)
+    gaps = [r.largest_gap * 1000 for r in senders if r.done_at is not None]
+    measures.sender_gap_p99_ms = report.percentile(gaps, 99)
     measures.error_samples = sorted(set(measures.error_samples + sender_errors))[:5]
 
 
