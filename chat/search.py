@@ -9,6 +9,7 @@ from __future__ import annotations
 from django.db.models import Exists, OuterRef, QuerySet
 
 from chat.models import Conversation, Message
+from chat.text import storable
 
 
 def matching(conversations: QuerySet[Conversation], text: str) -> QuerySet[Conversation]:
@@ -21,6 +22,8 @@ def matching(conversations: QuerySet[Conversation], text: str) -> QuerySet[Conve
     # reads every message of the user (slow for a rare one). As two subqueries each side
     # gets its own plan: the trigram index for a rare word; for a common one, a probe per
     # conversation that stops at its first mention.
+    # As stored: NUL, which PostgreSQL refuses even in a query, was stored as U+FFFD.
+    text = storable(text)
     candidates = conversations.order_by().values("pk")
     mentions = Message.objects.filter(conversation=OuterRef("pk"), content__icontains=text)
     titled = candidates.filter(title__icontains=text)
