@@ -98,7 +98,7 @@ class ChatService:
         self.watchers = Watchers()
         self.upstream = llm.Upstream()
         self.crossprocess = (
-            CrossProcess(self._stop_here, self.end_session, self._how_far)
+            CrossProcess(self._stop_here, self.end_session, self._how_far, self._join_again)
             if crossprocess.enabled()
             else None
         )
@@ -307,6 +307,13 @@ class ChatService:
         if reply is None or snapshot is None:
             return None
         return {**snapshot, "deltas": reply.deltas_after(after) if after is not None else []}
+
+    async def _join_again(self) -> None:
+        """Redis is back after it was lost, and may have forgotten every group: the running
+        replies' groups again, for their stops and for the questions about them."""
+        assert self.crossprocess is not None
+        for reply in self.replies.all_running():
+            await self.crossprocess.joined(reply.conversation_id)
 
     def _running_message_ids(self) -> list[str]:
         return [

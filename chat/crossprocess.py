@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextlib import suppress
 from typing import Any
 from uuid import UUID
@@ -33,6 +33,8 @@ ASK_SECONDS = 2.0
 # Every process that holds sockets, for logouts.
 PROCESSES = "processes"
 REJOIN_SECONDS = 3600
+# Between two tries to reach Redis again after the listener lost it.
+RECONNECT_SECONDS = 0.5
 
 
 def enabled() -> bool:
@@ -56,8 +58,10 @@ class CrossProcess:
         on_stop: Callable[[UUID], object],
         on_session_end: Callable[[str], None],
         on_ask: Callable[[UUID, int | None], dict[str, Any] | None] = lambda c, after: None,
+        on_reconnect: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self._on_stop, self._on_session_end, self._on_ask = on_stop, on_session_end, on_ask
+        self._on_reconnect = on_reconnect
         self._asked: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self._channel: str | None = None
         self._listener: asyncio.Task[None] | None = None
@@ -133,20 +137,48 @@ class CrossProcess:
         return self._channel
 
     async def _listen(self, channel: str) -> None:
+        """Act on the word heard, for the rest of the process's life: after Redis was lost
+        (it restarted, and forgot every group), join again what this process was in."""
         layer = get_channel_layer()
         while True:
-            message: dict[str, Any] = await layer.receive(channel)
-            kind = message.get("type")
-            if kind == STOP:
-                self._on_stop(UUID(message["conversation"]))
-            elif kind == END_SESSION:
-                self._on_session_end(message["session"])
-            elif kind == ASK:
-                await self._answer(message)
-            elif kind == ANSWER:
-                waiting = self._asked.get(message["request"])
-                if waiting is not None and not waiting.done():
-                    waiting.set_result(message["answer"])
+            try:
+                message: dict[str, Any] = await layer.receive(channel)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.warning("the channel layer's connection dropped", exc_info=True)
+                await self._come_back()
+                continue
+            await self._act_on(message)
+
+    async def _come_back(self) -> None:
+        held_sockets = self._joined_processes_at is not None
+        while True:
+            await asyncio.sleep(RECONNECT_SECONDS)
+            try:
+                if held_sockets:
+                    self._joined_processes_at = None
+                    await self.holding_sockets()
+                if self._on_reconnect is not None:
+                    await self._on_reconnect()
+            except Exception:
+                logger.debug("Redis is still out of reach", exc_info=True)
+                continue
+            logger.warning("the channel layer is back: groups joined again")
+            return
+
+    async def _act_on(self, message: dict[str, Any]) -> None:
+        kind = message.get("type")
+        if kind == STOP:
+            self._on_stop(UUID(message["conversation"]))
+        elif kind == END_SESSION:
+            self._on_session_end(message["session"])
+        elif kind == ASK:
+            await self._answer(message)
+        elif kind == ANSWER:
+            waiting = self._asked.get(message["request"])
+            if waiting is not None and not waiting.done():
+                waiting.set_result(message["answer"])
 
     async def _answer(self, message: dict[str, Any]) -> None:
         answer = self._on_ask(UUID(message["conversation"]), message["after"])

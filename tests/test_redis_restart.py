@@ -1,0 +1,142 @@
+"""A Redis that restarts mid-reply (our own, on a port of its own, keeping nothing) does
+not end fan-out, stop or logouts for the rest of the processes' lives: their listeners
+come back, join their groups again, and the tabs resync."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import aiohttp
+import pytest
+from redis import Redis
+
+from chat.models import Message
+from tests.live_daphne import serve
+from tests.llm_server import Behaviour, expected_text
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+@contextmanager
+def redis_server(port: int) -> Iterator[subprocess.Popen[bytes]]:
+    """A Redis of our own that keeps nothing on disk, answering when this returns."""
+    process = subprocess.Popen(  # noqa: S603 - Debian's redis-server, our arguments
+        [REDIS_SERVER, "--port", str(port), "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        client = Redis(port=port, socket_connect_timeout=0.2)
+        for _ in range(100):
+            try:
+                client.ping()
+                break
+            except Exception:  # noqa: S112 - not up yet
+                time.sleep(0.05)
+        client.close()
+        yield process
+    finally:
+        process.terminate()
+        process.wait(5)
+
+
+async def next_frame(socket: aiohttp.ClientWebSocketResponse) -> Any:
+    message = await socket.receive(timeout=15)
+    assert message.type == aiohttp.WSMsgType.TEXT, message
+    return json.loads(message.data)
+
+
+async def until(socket: aiohttp.ClientWebSocketResponse, kind: str) -> Any:
+    while (frame := await next_frame(socket))["type"] != kind:
+        pass
+    return frame
+
+
+def send(content: str) -> dict[str, Any]:
+    return {"type": "send", "content": content, "client_msg_id": str(uuid.uuid4())}
+
+
+@pytest.mark.skipif(not shutil.which("redis-server"), reason="needs Debian's redis-server")
+async def test_fan_out_stop_and_logouts_outlive_a_redis_restart(
+    llm_server, user, conversation, login_cookie, make_conversation
+):
+    llm_server.reset()
+    llm_server.behaviour = Behaviour(tokens=300, token_delay=0.01)
+    cookie = await login_cookie(user)
+    port = free_port()
+    url = f"redis://127.0.0.1:{port}/0"
+    path = f"/ws/conversations/{conversation.id}/"
+    with (
+        redis_server(port) as first_redis,
+        serve(llm_server, REDIS_URL=url) as one,
+        serve(llm_server, REDIS_URL=url) as two,
+    ):
+        async with aiohttp.ClientSession(headers={"Cookie": cookie}) as http:
+
+            def tab(server: Any) -> Any:
+                return http.ws_connect(server.url.replace("http", "ws") + path, origin=server.url)
+
+            async with tab(one) as tab_one, tab(two) as tab_two:
+                await until(tab_one, "state")
+                await until(tab_two, "state")
+                await tab_one.send_json(send("Before"))
+                await until(tab_two, "delta")
+
+                # Redis restarts mid-reply, forgetting everything.
+                first_redis.terminate()
+                first_redis.wait(5)
+                with redis_server(port):
+                    # The reply goes on; the tab on the other process resyncs and
+                    # ends with the whole text.
+                    done = await until(tab_two, "done")
+                    assert done["content"] == expected_text(300)
+                    await until(tab_one, "done")
+
+                    # Fan-out and stop, after the restart: a reply on one, stopped
+                    # from the other, seen on both.
+                    llm_server.behaviour = Behaviour(tokens=2000, token_delay=0.01)
+                    await tab_one.send_json(send("After"))
+                    await until(tab_two, "delta")
+                    await tab_two.send_json({"type": "stop"})
+                    stopped = await until(tab_two, "done")
+                    assert stopped["status"] == "stopped"
+                    assert (await until(tab_one, "done")) == stopped
+
+                    # A logout on one closes the session's tab on the other.
+                    csrf = "c" * 32
+                    logout = await http.post(
+                        one.url + "/accounts/logout/",
+                        headers={
+                            "Cookie": f"{cookie}; csrftoken={csrf}",
+                            "X-CSRFToken": csrf,
+                            "Origin": one.url,
+                            "Referer": one.url + "/",
+                        },
+                        allow_redirects=False,
+                    )
+                    assert logout.status == 302
+                    while True:
+                        closing = await tab_two.receive(timeout=15)
+                        if closing.type != aiohttp.WSMsgType.TEXT:
+                            break
+                    assert closing.type == aiohttp.WSMsgType.CLOSE
+                    assert closing.data == 4401
+    reply = await Message.objects.aget(pk=stopped["message_id"])
+    assert reply.status == "stopped"
