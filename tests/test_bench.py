@@ -105,3 +105,18 @@ def test_step_cost_scripts_run(script, argv, prints):
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert prints in done.stdout
+
+
+@pytest.mark.skipif(shutil.which("redis-server") is None, reason="no redis-server")
+def test_redis_cost_runs():
+    """The measure of a PUBLISH alone (docs/scaling.md) still runs, on its own Redis."""
+    done = subprocess.run(  # noqa: S603 (our own interpreter and arguments)
+        [sys.executable, "-m", "bench.redis_cost", "--frames", "400", "--pipeline", "10"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "| 4 |" in done.stdout
