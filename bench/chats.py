@@ -281,3 +281,73 @@ async def chat_at_once(
 
 async def _failed(chat: Chat, error: str) -> Reply:
     return Reply(chat.endpoint.conversation_id, error=error)
+
+
+# --- A reply watched from another tab ----------------------------------------------------
+
+
+@dataclass
+class Watched(Reply):
+    """A reply as the watching tab saw it: its deltas checked against the last seq shown."""
+
+    seq: int = 0
+    lost: int = 0
+    repeated: int = 0
+    fresh_states: int = 0
+
+
+def take_watched(reply: Watched, frame: dict[str, Any], now: float) -> None:
+    """One frame on the watching tab: a `state` replaces what was shown, each delta must
+    follow the last seq shown, `done` must hold all the text shown."""
+    kind = frame["type"]
+    if kind == "state":
+        reply.fresh_states += 1
+        streaming = frame.get("streaming")
+        if streaming:
+            reply._parts = [streaming["content"]]
+            reply.seq = streaming["seq"]
+        return
+    if kind == "delta":
+        seq = frame["seq"]
+        if seq <= reply.seq:
+            reply.repeated += 1
+            return
+        reply.lost += seq - reply.seq - 1
+        reply.seq = seq
+        if reply.first_delta is None:
+            reply.first_delta = now
+        reply.deltas += 1
+        reply._parts.append(frame["text"])
+    if reply._last is not None:
+        reply.largest_gap = max(reply.largest_gap, now - reply._last)
+    if reply.first_delta is not None:
+        reply._last = now
+    if kind == "done":
+        reply.done_at = now
+        reply.status = frame["status"]
+        if frame["content"] != "".join(reply._parts):
+            reply.error = "done's content differs from what the tab showed"
+    elif kind == "error":
+        reply.error = f"error frame: {frame.get('code')}"
+
+
+async def watch_reply(
+    chat: Chat,
+    sent: asyncio.Future[float],
+    timeout: float,  # noqa: ASYNC109 - a late reply is recorded as its error, as in read_reply
+) -> Watched:
+    reply = Watched(chat.endpoint.conversation_id)
+    try:
+        async with asyncio.timeout(timeout):
+            while reply.status is None and reply.error is None:
+                message = await chat.socket.receive()
+                now = time.perf_counter()
+                if message.type != aiohttp.WSMsgType.TEXT:
+                    reply.error = f"socket {message.type.name.lower()} before done"
+                    break
+                take_watched(reply, json.loads(message.data), now)
+    except TimeoutError:
+        reply.error = f"no done within {timeout:.0f} s"
+    reply.sent_at = await sent
+    finish(reply)
+    return reply

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from redis.asyncio import Redis
 
-from bench.two_processes import own_redis
+from bench.redis_counts import own_redis
 
 CHANNELS = 200
 

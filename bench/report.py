@@ -197,3 +197,93 @@ def targets_met(ours: Measures, reference: Measures | None) -> dict[str, bool | 
 
 def sse_targets_met(sse: Measures, websocket: Measures) -> dict[str, bool | None]:
     return {row.key: row.check(sse, websocket) for row in SSE_ROWS if row.check}
+
+
+# --- Two processes (bench.two_processes) -------------------------------------------------
+
+
+@dataclass
+class TwoProcesses(Measures):
+    """The figures of a two-process run; the reply figures are the watching tabs'."""
+
+    lost_deltas: int = 0
+    repeated_deltas: int = 0
+    fresh_states: int = 0  # a `state` again mid-reply, replacing what the tab showed
+    sender_ttft_p99_ms: float | None = None
+    sender_gap_p99_ms: float | None = None
+    sender_errors: int = 0
+    cpu_a_s: float | None = None
+    cpu_b_s: float | None = None
+    executions_per_reply: float | None = None  # an executemany's rows each
+    executions_per_setup: float | None = None
+    idle_cpu_ms_per_s: float | None = None  # both processes, K chats open, no reply
+    redis_commands_per_reply: float | None = None
+    publishes_per_reply: float | None = None
+    subscribers_per_channel: float | None = None
+    deliveries_per_reply: float | None = None
+    redis_commands_per_setup: float | None = None
+    redis_idle_commands_per_s: float | None = None
+    redis_cpu_ms_per_reply: float | None = None
+    redis_cpu_us_per_command: float | None = None
+    # Per reply, by command, and per set-up: what the counts above are made of.
+    redis_reply_commands: dict[str, float] = field(default_factory=dict)
+    redis_setup_commands: dict[str, float] = field(default_factory=dict)
+
+
+def _two_cpu_ratio(ours: Measures, reference: Measures | None) -> bool | None:
+    value = ratio(ours.cpu_per_token_us, reference.cpu_per_token_us if reference else None)
+    return None if value is None else value <= 0.5
+
+
+TWO_ROWS = (
+    Row("all K at once, wall (s)", "wall_s", 2),
+    Row("time to first token, watching tab p50 (ms)", "ttft_p50_ms", 0),
+    Row("time to first token, watching tab p99 (ms)", "ttft_p99_ms", 0),
+    Row("time to first token, sending tab p99 (ms)", "sender_ttft_p99_ms", 0),
+    Row(
+        "largest gap per watching tab p99 (ms)",
+        "gap_p99_ms",
+        0,
+        "<= 300",
+        at_most("gap_p99_ms", 300),
+    ),
+    Row("largest gap per sending tab p99 (ms)", "sender_gap_p99_ms", 0),
+    Row("delta frames per reply (watching tab)", "frames_per_reply", 1),
+    Row("lost deltas", "lost_deltas", 0, "0", at_most("lost_deltas", 0)),
+    Row("repeated deltas", "repeated_deltas", 0, "0", at_most("repeated_deltas", 0)),
+    Row("fresh states mid-reply", "fresh_states", 0),
+    Row("errors, watching tabs", "errors", 0, "0", at_most("errors", 0)),
+    Row("errors, sending tabs", "sender_errors", 0, "0", at_most("sender_errors", 0)),
+    Row("stored text differs from watching tab", "wrong_texts", 0, "0", at_most("wrong_texts", 0)),
+    Row(
+        "CPU per token, both processes (us)", "cpu_per_token_us", 1, "<= 0.5 x ref", _two_cpu_ratio
+    ),
+    Row("  process A CPU during the K replies (s)", "cpu_a_s", 2),
+    Row("  process B CPU during the K replies (s)", "cpu_b_s", 2),
+    Row("set-up CPU per chat, both processes (ms)", "setup_cpu_ms", 2),
+    Row("  of which creating it (ms)", "create_cpu_ms", 2),
+    Row("  of which its two tabs' connect and state (ms)", "connect_cpu_ms", 2),
+    Row("CPU while idle, both processes (ms/s)", "idle_cpu_ms_per_s", 1),
+    Row("DB statements per reply", "queries_per_reply", 1),
+    Row("  executed (executemany: one per row)", "executions_per_reply", 1),
+    Row("DB statements per set-up (2 tabs)", "queries_per_setup", 1),
+    Row("  executed (executemany: one per row)", "executions_per_setup", 1),
+    Row("Redis commands per reply", "redis_commands_per_reply", 1),
+    Row("  of which PUBLISH", "publishes_per_reply", 1),
+    Row("subscribers per conversation channel", "subscribers_per_channel", 2),
+    Row("Redis deliveries per reply", "deliveries_per_reply", 1),
+    Row("Redis commands per set-up (2 tabs)", "redis_commands_per_setup", 1),
+    Row("Redis commands per second, idle", "redis_idle_commands_per_s", 1),
+    Row("Redis CPU per reply (ms)", "redis_cpu_ms_per_reply", 3),
+    Row("Redis CPU per command (us)", "redis_cpu_us_per_command", 2),
+    Row("model server CPU, same time (s)", "model_server_cpu_s", 2),
+    Row("benchmark client CPU, same time (s)", "client_cpu_s", 2),
+)
+
+
+def two_table(ours: TwoProcesses, reference: Measures | None) -> str:
+    return any_table(TWO_ROWS, ("two processes", "reference", "ours / ref"), ours, reference)
+
+
+def two_targets_met(ours: TwoProcesses, reference: Measures | None) -> dict[str, bool | None]:
+    return {row.key: row.check(ours, reference) for row in TWO_ROWS if row.check}

@@ -31,7 +31,7 @@ from typing import Any
 
 import aiohttp
 
-from bench import chats, event_streams, report, two_processes
+from bench import chats, event_streams, redis_counts, report, two_processes
 from bench.processes import (
     HOST,
     ROOT,
@@ -425,7 +425,7 @@ def benchmark_two(
 ) -> dict[str, Any]:
     """Two project processes on one SQLite file and one Redis, then the reference relay."""
     args.idle_sockets = 0  # the reference's idle-socket figure has nothing to match here
-    with two_processes.redis_server(args.redis_url, folder) as redis_url:
+    with redis_counts.redis_server(args.redis_url, folder) as redis_url:
         env = {**project_env(folder, model_url), "REDIS_URL": redis_url}
         ours = two_processes.measure_project(args, folder, model, env)
     reference = None if args.skip_reference else measure_reference(args, folder, model, model_url)

@@ -16,12 +16,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import shutil
 import signal
 import time
 import uuid
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -40,145 +39,12 @@ from bench.processes import (
     python,
     run_python,
 )
-from bench.report import Row, at_most
+from bench.redis_counts import RedisCount, per_item, redis_count
 from tests.llm_server import expected_text
 
 STATS_PATH = "/__bench__/stats"  # bench.probe_asgi.STATS_PATH
 CHANNEL_PREFIX = "chat:frames:"  # chat.fanout.CHANNEL_PREFIX; the benchmark imports no Django
 IDLE_SECONDS = 2.0
-
-
-# --- Figures ------------------------------------------------------------------------------
-
-
-@dataclass
-class TwoProcesses(report.Measures):
-    """The figures of a two-process run; the reply figures are the watching tabs'."""
-
-    lost_deltas: int = 0
-    repeated_deltas: int = 0
-    fresh_states: int = 0  # a `state` again mid-reply, replacing what the tab showed
-    sender_ttft_p99_ms: float | None = None
-    sender_gap_p99_ms: float | None = None
-    sender_errors: int = 0
-    cpu_a_s: float | None = None
-    cpu_b_s: float | None = None
-    executions_per_reply: float | None = None  # an executemany's rows each
-    executions_per_setup: float | None = None
-    idle_cpu_ms_per_s: float | None = None  # both processes, K chats open, no reply
-    redis_commands_per_reply: float | None = None
-    publishes_per_reply: float | None = None
-    subscribers_per_channel: float | None = None
-    deliveries_per_reply: float | None = None
-    redis_commands_per_setup: float | None = None
-    redis_idle_commands_per_s: float | None = None
-    redis_cpu_ms_per_reply: float | None = None
-    redis_cpu_us_per_command: float | None = None
-    # Per reply, by command, and per set-up: what the counts above are made of.
-    redis_reply_commands: dict[str, float] = field(default_factory=dict)
-    redis_setup_commands: dict[str, float] = field(default_factory=dict)
-
-
-def _cpu_ratio(ours: report.Measures, reference: report.Measures | None) -> bool | None:
-    value = report.ratio(ours.cpu_per_token_us, reference.cpu_per_token_us if reference else None)
-    return None if value is None else value <= 0.5
-
-
-ROWS = (
-    Row("all K at once, wall (s)", "wall_s", 2),
-    Row("time to first token, watching tab p50 (ms)", "ttft_p50_ms", 0),
-    Row("time to first token, watching tab p99 (ms)", "ttft_p99_ms", 0),
-    Row("time to first token, sending tab p99 (ms)", "sender_ttft_p99_ms", 0),
-    Row(
-        "largest gap per watching tab p99 (ms)",
-        "gap_p99_ms",
-        0,
-        "<= 300",
-        at_most("gap_p99_ms", 300),
-    ),
-    Row("largest gap per sending tab p99 (ms)", "sender_gap_p99_ms", 0),
-    Row("delta frames per reply (watching tab)", "frames_per_reply", 1),
-    Row("lost deltas", "lost_deltas", 0, "0", at_most("lost_deltas", 0)),
-    Row("repeated deltas", "repeated_deltas", 0, "0", at_most("repeated_deltas", 0)),
-    Row("fresh states mid-reply", "fresh_states", 0),
-    Row("errors, watching tabs", "errors", 0, "0", at_most("errors", 0)),
-    Row("errors, sending tabs", "sender_errors", 0, "0", at_most("sender_errors", 0)),
-    Row("stored text differs from watching tab", "wrong_texts", 0, "0", at_most("wrong_texts", 0)),
-    Row("CPU per token, both processes (us)", "cpu_per_token_us", 1, "<= 0.5 x ref", _cpu_ratio),
-    Row("  process A CPU during the K replies (s)", "cpu_a_s", 2),
-    Row("  process B CPU during the K replies (s)", "cpu_b_s", 2),
-    Row("set-up CPU per chat, both processes (ms)", "setup_cpu_ms", 2),
-    Row("  of which creating it (ms)", "create_cpu_ms", 2),
-    Row("  of which its two tabs' connect and state (ms)", "connect_cpu_ms", 2),
-    Row("CPU while idle, both processes (ms/s)", "idle_cpu_ms_per_s", 1),
-    Row("DB statements per reply", "queries_per_reply", 1),
-    Row("  executed (executemany: one per row)", "executions_per_reply", 1),
-    Row("DB statements per set-up (2 tabs)", "queries_per_setup", 1),
-    Row("  executed (executemany: one per row)", "executions_per_setup", 1),
-    Row("Redis commands per reply", "redis_commands_per_reply", 1),
-    Row("  of which PUBLISH", "publishes_per_reply", 1),
-    Row("subscribers per conversation channel", "subscribers_per_channel", 2),
-    Row("Redis deliveries per reply", "deliveries_per_reply", 1),
-    Row("Redis commands per set-up (2 tabs)", "redis_commands_per_setup", 1),
-    Row("Redis commands per second, idle", "redis_idle_commands_per_s", 1),
-    Row("Redis CPU per reply (ms)", "redis_cpu_ms_per_reply", 3),
-    Row("Redis CPU per command (us)", "redis_cpu_us_per_command", 2),
-    Row("model server CPU, same time (s)", "model_server_cpu_s", 2),
-    Row("benchmark client CPU, same time (s)", "client_cpu_s", 2),
-)
-
-
-def table(ours: TwoProcesses, reference: report.Measures | None) -> str:
-    return report.any_table(ROWS, ("two processes", "reference", "ours / ref"), ours, reference)
-
-
-def targets_met(ours: TwoProcesses, reference: report.Measures | None) -> dict[str, bool | None]:
-    return {row.key: row.check(ours, reference) for row in ROWS if row.check}
-
-
-# --- Redis --------------------------------------------------------------------------------
-
-
-def own_redis(folder: Path) -> tuple[Child, str]:
-    """A Redis server of the benchmark's own, on a free port, keeping nothing on disk."""
-    executable = shutil.which("redis-server")
-    if executable is None:
-        raise RuntimeError("no redis-server on PATH: install it, or pass --redis-url")
-    port = free_port()
-    argv = [executable, "--port", str(port), "--bind", HOST, "--save", "", "--appendonly", "no"]
-    argv += ["--dir", str(folder)]
-    return Child("redis", argv, {}, folder), f"redis://{HOST}:{port}/0"
-
-
-@dataclass
-class RedisCount:
-    """What Redis says it has done so far: commands by name, and its CPU."""
-
-    commands: dict[str, int]
-    cpu_s: float
-
-    def minus(self, before: RedisCount) -> RedisCount:
-        names = self.commands.keys() | before.commands.keys()
-        commands = {n: self.commands.get(n, 0) - before.commands.get(n, 0) for n in names}
-        return RedisCount({n: c for n, c in commands.items() if c}, self.cpu_s - before.cpu_s)
-
-    @property
-    def total(self) -> int:
-        return sum(self.commands.values())
-
-
-async def redis_count(redis: Redis) -> RedisCount:
-    """Commands by name (`INFO commandstats`) and the server's CPU as it says of itself
-    (`INFO cpu`: its getrusage, all its threads, finer than /proc's clock ticks). The INFO
-    commands that ask count too: two per reading."""
-    stats = await redis.info("commandstats")
-    commands = {name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in stats.items()}
-    cpu = await redis.info("cpu")
-    return RedisCount(commands, float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"]))
-
-
-def per_item(count: RedisCount, n: int) -> dict[str, float]:
-    return {name: round(calls / n, 3) for name, calls in sorted(count.commands.items())}
 
 
 # --- The two processes --------------------------------------------------------------------
@@ -267,80 +133,13 @@ async def open_pairs(
     return pairs, failed
 
 
-# --- Watching a reply ---------------------------------------------------------------------
-
-
-@dataclass
-class Watched(chats.Reply):
-    """A reply as the watching tab saw it: its deltas checked against the last seq shown."""
-
-    seq: int = 0
-    lost: int = 0
-    repeated: int = 0
-    fresh_states: int = 0
-
-
-def take_watched(reply: Watched, frame: dict[str, Any], now: float) -> None:
-    """One frame on the watching tab: a `state` replaces what was shown, each delta must
-    follow the last seq shown, `done` must hold all the text shown."""
-    kind = frame["type"]
-    if kind == "state":
-        reply.fresh_states += 1
-        streaming = frame.get("streaming")
-        if streaming:
-            reply._parts = [streaming["content"]]
-            reply.seq = streaming["seq"]
-        return
-    if kind == "delta":
-        seq = frame["seq"]
-        if seq <= reply.seq:
-            reply.repeated += 1
-            return
-        reply.lost += seq - reply.seq - 1
-        reply.seq = seq
-        if reply.first_delta is None:
-            reply.first_delta = now
-        reply.deltas += 1
-        reply._parts.append(frame["text"])
-    if reply._last is not None:
-        reply.largest_gap = max(reply.largest_gap, now - reply._last)
-    if reply.first_delta is not None:
-        reply._last = now
-    if kind == "done":
-        reply.done_at = now
-        reply.status = frame["status"]
-        if frame["content"] != "".join(reply._parts):
-            reply.error = "done's content differs from what the tab showed"
-    elif kind == "error":
-        reply.error = f"error frame: {frame.get('code')}"
-
-
-async def watch_reply(
-    chat: chats.Chat,
-    sent: asyncio.Future[float],
-    timeout: float,  # noqa: ASYNC109 - a late reply is recorded as its error, as in read_reply
-) -> Watched:
-    reply = Watched(chat.endpoint.conversation_id)
-    try:
-        async with asyncio.timeout(timeout):
-            while reply.status is None and reply.error is None:
-                message = await chat.socket.receive()
-                now = time.perf_counter()
-                if message.type != aiohttp.WSMsgType.TEXT:
-                    reply.error = f"socket {message.type.name.lower()} before done"
-                    break
-                take_watched(reply, json.loads(message.data), now)
-    except TimeoutError:
-        reply.error = f"no done within {timeout:.0f} s"
-    reply.sent_at = await sent
-    chats.finish(reply)
-    return reply
+# --- All at once -------------------------------------------------------------------------
 
 
 async def pairs_at_once(
     pairs: Sequence[Pair],
     timeout: float,  # noqa: ASYNC109 - each reader's own
-) -> tuple[float, list[chats.Reply], list[Watched]]:
+) -> tuple[float, list[chats.Reply], list[chats.Watched]]:
     """Every sending tab sends at the same instant; both tabs of each pair read to `done`."""
     loop = asyncio.get_running_loop()
     sent = [loop.create_future() for _ in pairs]
@@ -349,7 +148,7 @@ async def pairs_at_once(
         for p, at in zip(pairs, sent, strict=True)
     ]
     watchers = [
-        asyncio.create_task(watch_reply(p.watcher, at, timeout))
+        asyncio.create_task(chats.watch_reply(p.watcher, at, timeout))
         for p, at in zip(pairs, sent, strict=True)
     ]
     await asyncio.sleep(0)  # every reader is now waiting on its socket
@@ -371,9 +170,9 @@ async def pairs_at_once(
 
 async def measure(
     args: Any, processes: Sequence[Process], model: Child, redis_url: str
-) -> tuple[TwoProcesses, list[Watched]]:
+) -> tuple[report.TwoProcesses, list[chats.Watched]]:
     """Two chats to warm both processes, then K set-ups, a second of idleness, K replies."""
-    measures = TwoProcesses()
+    measures = report.TwoProcesses()
     expected = expected_text(args.tokens)
     timeout = 60 + 10 * args.tokens / args.rate
     connector = aiohttp.TCPConnector(limit=0)
@@ -453,7 +252,7 @@ def profiling(processes: Sequence[Process], folder: Path | None) -> Iterator[Non
             recorder.stop(timeout=30, signum=signal.SIGINT)
 
 
-def watched_error(reply: Watched, expected: str) -> str | None:
+def watched_error(reply: chats.Watched, expected: str) -> str | None:
     if error := report.reply_error(reply, expected):
         return error
     if reply.lost or reply.repeated:
@@ -462,7 +261,7 @@ def watched_error(reply: Watched, expected: str) -> str | None:
 
 
 def set_up_figures(
-    measures: TwoProcesses, before: Reading, between: Reading, after: Reading, k: int
+    measures: report.TwoProcesses, before: Reading, between: Reading, after: Reading, k: int
 ) -> None:
     """Per chat: its conversation made, then its two tabs opened."""
     measures.setup_cpu_ms = (sum(after.cpu) - sum(before.cpu)) * 1000 / k
@@ -476,7 +275,10 @@ def set_up_figures(
 
 
 def reply_figures(
-    measures: TwoProcesses, senders: list[chats.Reply], watched: list[Watched], expected: str
+    measures: report.TwoProcesses,
+    senders: list[chats.Reply],
+    watched: list[chats.Watched],
+    expected: str,
 ) -> None:
     """The watching tabs' figures (lost and repeated deltas too), the sending tabs' errors."""
     report.reply_figures(measures, watched, expected)
@@ -492,7 +294,9 @@ def reply_figures(
     measures.error_samples = sorted(set(measures.error_samples + sender_errors))[:5]
 
 
-def replies_counted(measures: TwoProcesses, before: Reading, after: Reading, k: int) -> None:
+def replies_counted(
+    measures: report.TwoProcesses, before: Reading, after: Reading, k: int
+) -> None:
     """CPU of both processes per token, statements and Redis per reply."""
     measures.cpu_a_s, measures.cpu_b_s = (
         a - b for a, b in zip(after.cpu, before.cpu, strict=True)
@@ -526,7 +330,9 @@ def two_processes(env: dict[str, str], folder: Path, accounts: dict[str, Any]) -
     return processes
 
 
-def measure_project(args: Any, folder: Path, model: Child, env: dict[str, str]) -> TwoProcesses:
+def measure_project(
+    args: Any, folder: Path, model: Child, env: dict[str, str]
+) -> report.TwoProcesses:
     """Both processes on the database and Redis of `env`: migrated, K+2 users logged in."""
     run_python(["manage.py", "migrate", "--no-input", "--verbosity", "0"], env)
     accounts = json.loads(
@@ -552,30 +358,8 @@ def _stored_differs(reply: chats.Reply, stored: dict[str, dict[str, str]]) -> bo
     return row is None or row["content"] != reply.text or row["status"] != reply.status
 
 
-@contextlib.contextmanager
-def redis_server(url: str | None, folder: Path) -> Iterator[str]:
-    """A Redis for the run: the benchmark's own, or `url`'s database flushed first (its
-    command counts and CPU are then the whole server's, other clients' too)."""
-    if url is not None:
-        asyncio.run(_flush(url))
-        yield url
-        return
-    server, own_url = own_redis(folder)
-    with server:
-        server.wait_for_port(int(own_url.rsplit(":", 1)[1].split("/")[0]))
-        yield own_url
-
-
-async def _flush(url: str) -> None:
-    redis = Redis.from_url(url)
-    try:
-        await redis.flushdb()
-    finally:
-        await redis.aclose()
-
-
 def result(
-    args: Any, ours: TwoProcesses, reference: report.Measures | None, redis_url: str | None
+    args: Any, ours: report.TwoProcesses, reference: report.Measures | None, redis_url: str | None
 ) -> dict[str, Any]:
     return {
         "config": {
@@ -593,8 +377,8 @@ def result(
                 ours.cpu_per_token_us, reference.cpu_per_token_us if reference else None
             ),
         },
-        "targets_met": targets_met(ours, reference),
-        "table": table(ours, reference),
+        "targets_met": report.two_targets_met(ours, reference),
+        "table": report.two_table(ours, reference),
     }
 
 

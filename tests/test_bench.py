@@ -12,8 +12,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
-from bench import two_processes
-from bench.report import ROWS, SSE_ROWS
+from bench.report import ROWS, SSE_ROWS, TWO_ROWS
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -72,7 +71,7 @@ def test_bench_two_processes_tiny_run_loses_no_delta(tmp_path):
     )
 
     assert done.returncode == 0, done.stderr[-3000:]
-    for row in two_processes.ROWS:
+    for row in TWO_ROWS:
         assert f"| {row.label} |" in done.stdout
     ours = json.loads(out.read_text())["ours"]
     assert ours["errors"] == ours["sender_errors"] == 0, ours["error_samples"]
