@@ -271,6 +271,20 @@ async def regenerate(request: HttpRequest, conversation_id: UUID) -> Any:
     )
 
 
+@api.post(
+    "/conversations/{uuid:conversation_id}/continue/",
+    response=answers({201: SentOut}, 403, 404, 409, 429),
+    openapi_extra={"responses": {200: {"description": "The reply's events", **EVENT_STREAM}}},
+)
+async def continue_reply(request: HttpRequest, conversation_id: UUID) -> Any:
+    """Go on with the last reply where it was cut (`interrupted`: its server stopped or
+    died), in the same message after its text, usage added up; answered like messages/."""
+    uid = user_id(request)
+    return await answer_reply(
+        request, conversation_id, lambda: service().continue_reply(uid, conversation_id)
+    )
+
+
 async def answer_reply(
     request: HttpRequest, conversation_id: UUID, start: Callable[[], Awaitable[Started]]
 ) -> Any:

@@ -398,6 +398,12 @@ class ChatService:
             plan = await persistence.regenerate(user_id, conversation_id)
             return await self._start(reply, plan)
 
+    async def continue_reply(self, user_id: int, conversation_id: UUID) -> Started:
+        """Go on with the last reply where it was cut (`interrupted`), in the same message."""
+        with self.replies.reserved(conversation_id) as reply:
+            plan = await persistence.continue_reply(user_id, conversation_id)
+            return await self._start(reply, plan)
+
     async def edit(
         self, user_id: int, conversation_id: UUID, message_id: UUID, content: str
     ) -> Started:
@@ -424,12 +430,20 @@ class ChatService:
         conversation = plan.conversation
         if self.heartbeat is not None:
             self.heartbeat.beat_soon()
+        continues = None
+        if plan.continued:
+            before = plan.assistant_message
+            used = llm.Usage(
+                before.prompt_tokens or 0, before.completion_tokens or 0, before.usage_estimated
+            )
+            continues = (before.content, used)
         reply.start(
             plan.assistant_message.id,
             conversation.model,
             prompt,
             max_tokens=plan.max_tokens,
             user_id=conversation.owner_id,
+            continues=continues,
         )
         return Started(plan.user_message, plan.assistant_message, reply)
 

@@ -135,6 +135,7 @@ class ConversationConsumer(AsyncJsonWebsocketConsumer):  # type: ignore[misc]
             "send": self.on_send,
             "stop": self.on_stop,
             "regenerate": self.on_regenerate,
+            "continue": self.on_continue,
             "edit": self.on_edit,
         }.get(content["type"])
         if handler is None:
@@ -166,6 +167,10 @@ class ConversationConsumer(AsyncJsonWebsocketConsumer):  # type: ignore[misc]
     async def on_regenerate(self, frame: dict[str, Any]) -> None:
         """Replace the last reply with a new one."""
         await service().regenerate(self.user_id, self.conversation_id)
+
+    async def on_continue(self, frame: dict[str, Any]) -> None:
+        """Go on with the last reply where it was cut (`interrupted`), in the same message."""
+        await service().continue_reply(self.user_id, self.conversation_id)
 
     async def on_edit(self, frame: dict[str, Any]) -> None:
         """Change a user message and answer it anew, dropping what came after it."""

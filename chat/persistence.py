@@ -61,6 +61,8 @@ class ReplyPlan:
     removed: list[UUID] = field(default_factory=list)
     # The most tokens the reply may write (None: the server's default).
     max_tokens: int | None = None
+    # The reply goes on in `assistant_message`, after the text it holds (a continue).
+    continued: bool = False
 
 
 @dataclass
@@ -301,6 +303,47 @@ def regenerate(user_id: int, conversation_id: UUID) -> ReplyPlan:
         [plan] = _store_replies([start], timezone.now())
         plan.removed = [last.pk]
         return plan
+
+
+@db_step
+def continue_reply(user_id: int, conversation_id: UUID) -> ReplyPlan:
+    """Plan the rest of the conversation's last reply, `interrupted` (its process stopped
+    or died): it streams again in the same message, after the text it has."""
+    with transaction.atomic():
+        limits = ReplyLimits({user_id})
+        conversation = _lock_conversation(user_id, conversation_id)
+        history = list(conversation.messages.order_by("created_at"))
+        if _streaming(history):
+            _settle_orphans(conversation, holding_reservation=True)
+            history = list(conversation.messages.order_by("created_at"))
+        last = history[-1] if history else None
+        if (
+            last is None
+            or last.role != Message.Role.ASSISTANT
+            or last.status != Message.Status.INTERRUPTED
+        ):
+            raise refusals.bad_request("There is no interrupted reply to continue.")
+        allowance = limits.take(user_id, _prompt_tokens(conversation, history))
+        now = timezone.now()
+        last.status = Message.Status.STREAMING
+        last.error_code = last.error_detail = ""
+        last.updated_at = now
+        last.save(update_fields=["status", "error_code", "error_detail", "updated_at"])
+        # What it used before, and what it may use now, until its final write counts.
+        reserved = (last.total_tokens or 0) + allowance.reserved_tokens
+        if not UsageRecord.objects.filter(message_id=last.pk).update(total_tokens=reserved):
+            UsageRecord.objects.create(
+                owner_id=conversation.owner_id,
+                message_id=last.pk,
+                total_tokens=reserved,
+                created_at=now,
+            )
+        conversation.updated_at = now
+        conversation.save(update_fields=["updated_at"])
+        turns = [(m.role, m.content) for m in history if m.content]
+        return ReplyPlan(
+            conversation, last, turns, max_tokens=allowance.max_tokens, continued=True
+        )
 
 
 @db_step

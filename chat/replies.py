@@ -50,8 +50,10 @@ class Reply:
         self.checkpointed_seq = 0
         # How it ended, once it has: the `done` frame every watcher got.
         self.done: Frame | None = None
-        self._sent: list[str] = []  # text already sent in delta frames
+        self._sent: list[str] = []  # text already sent in delta frames (after any prefix)
         self._ends: list[int] = []  # where each delta's text ends in it, by seq
+        self._prefix_length = 0  # the text it continues (a continued reply)
+        self._base_usage: llm.Usage | None = None  # what that text used
         self._pending: list[str] = []  # text read from upstream, not yet sent
         self._sending = asyncio.Lock()  # held while a frame is sent
         self._stop_requested = False
@@ -72,7 +74,7 @@ class Reply:
         """The delta frames after `seq`, as they were sent: for a stream that reattaches."""
         content, frames = self.content, []
         for number in range(max(seq, 0) + 1, self.seq + 1):
-            start = self._ends[number - 2] if number > 1 else 0
+            start = self._ends[number - 2] if number > 1 else self._prefix_length
             frames.append(self._delta(number, content[start : self._ends[number - 1]]))
         return frames
 
@@ -89,7 +91,12 @@ class Reply:
         prompt: list[dict[str, str]],
         max_tokens: int | None = None,
         user_id: int | None = None,
+        continues: tuple[str, llm.Usage] | None = None,
     ) -> None:
+        """Start the reply; `continues`: the text it goes on after, and what that used."""
+        if continues is not None:
+            prefix, self._base_usage = continues
+            self._sent, self._prefix_length = [prefix], len(prefix)
         self.message_id = message_id
         self.stream = llm.ReplyStream(
             self.replies.upstream, model, prompt, max_tokens=max_tokens, user=user_id
@@ -179,7 +186,7 @@ class Reply:
             self._pending.clear()
             self.seq += 1
             self._sent.append(text)
-            self._ends.append((self._ends[-1] if self._ends else 0) + len(text))
+            self._ends.append((self._ends[-1] if self._ends else self._prefix_length) + len(text))
             now = monotonic()
             if self.seq == 1:
                 metrics.FIRST_TOKEN.observe(now - self._asked_at)
@@ -212,6 +219,13 @@ class Reply:
     async def _finish(self, status: str, usage: llm.Usage, error: llm.LLMError | None) -> None:
         """Send the last text, write the reply whole, tell every watcher, leave the registry."""
         metrics.count_ending(status)
+        if self._base_usage is not None:  # a continued reply counts what it used before
+            base = self._base_usage
+            usage = llm.Usage(
+                base.prompt_tokens + usage.prompt_tokens,
+                base.completion_tokens + usage.completion_tokens,
+                base.estimated or usage.estimated,
+            )
         try:
             await self.flush(after_sending=True)  # after the frame the clock may be sending
             assert self.message_id is not None

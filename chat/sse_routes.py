@@ -6,7 +6,7 @@ the ORM thread where a websocket's send takes 3) and django-ninja's parsing, on 
 reply. The three streaming routes are where a client asks for a reply, so they are
 answered here, by an ASGI application in front of Django's:
 
-- `POST /api/conversations/<id>/messages/` and `.../regenerate/` with
+- `POST /api/conversations/<id>/messages/`, `.../regenerate/` and `.../continue/` with
   `Accept: text/event-stream`;
 - `GET /api/conversations/<id>/events/`.
 
@@ -63,7 +63,12 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 UUID_PATTERN = "[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
 ROUTE = re.compile(rf"^/api/conversations/(?P<id>{UUID_PATTERN})/(?P<action>[a-z]+)/$")
 # (method, last part of the path) -> whether only `Accept: text/event-stream` comes here.
-ROUTES = {("POST", "messages"): True, ("POST", "regenerate"): True, ("GET", "events"): False}
+ROUTES = {
+    ("POST", "messages"): True,
+    ("POST", "regenerate"): True,
+    ("POST", "continue"): True,
+    ("GET", "events"): False,
+}
 
 # What Django's middleware adds to every answer (SecurityMiddleware, XFrameOptionsMiddleware,
 # SessionMiddleware for a request that read its session); an event stream needs no more.
@@ -187,6 +192,8 @@ def _starter(
     """What starts the reply the request asks for."""
     if action == "regenerate":
         return lambda: service().regenerate(user_id, conversation_id)
+    if action == "continue":
+        return lambda: service().continue_reply(user_id, conversation_id)
     if request.content_type != "application/json":
         raise ForDjango
     try:
