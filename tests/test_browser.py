@@ -243,6 +243,36 @@ async def test_stop_mid_reply_then_regenerate(
     assert await reply_text(page) == shown(5)
 
 
+async def test_continue_an_interrupted_reply(
+    page: Page, live_server_url: str, user: AbstractBaseUser, llm_server: FakeLLM
+) -> None:
+    """A reply cut by its server (here: stopped, then marked as a dead server leaves it)
+    shows Continue, and goes on in the same message where it was cut."""
+    llm_server.behaviour = Behaviour(tokens=400, token_delay=0.05)
+    await open_new_chat(page, live_server_url, user)
+    await send(page, "Count forever")
+    await expect(last_reply(page).locator(".message__content")).to_contain_text("w3 ")
+    await page.click("#stop")
+    await expect(last_reply(page)).to_have_attribute("data-status", "stopped")
+    await expect(last_reply(page).get_by_role("button", name="Continue")).to_have_count(0)
+    stored = await Message.objects.aget(role="assistant")
+    stored.status, stored.error_code = Message.Status.INTERRUPTED, "interrupted"
+    await stored.asave(update_fields=["status", "error_code"])
+    partial = stored.content
+
+    await page.reload()
+    reply = last_reply(page)
+    await expect(reply).to_have_attribute("data-status", "interrupted")
+    llm_server.behaviour = Behaviour(tokens=5, token_delay=0.01)
+    await reply.get_by_role("button", name="Continue").click()
+
+    await expect(last_reply(page)).to_have_attribute("data-status", "complete")
+    await expect(page.locator(".message--assistant")).to_have_count(1)
+    assert await reply_text(page) == (partial + expected_text(5)).strip()
+    await stored.arefresh_from_db()
+    assert stored.content == partial + expected_text(5)
+
+
 async def test_markup_shows_as_literal_text(
     page: Page, live_server_url: str, user: AbstractBaseUser, llm_server: FakeLLM
 ) -> None:

@@ -24,6 +24,10 @@ const ui = {
   regenerate: makeButton("Regenerate", "button button--small", () =>
     socket.send({ type: "regenerate" }),
   ),
+  // An interrupted reply (its server stopped or died) goes on where it was cut.
+  continue: makeButton("Continue", "button button--small", () =>
+    socket.send({ type: "continue" }),
+  ),
 };
 
 const transcript = new Transcript(
@@ -100,7 +104,8 @@ function socketUrl() {
 
 // --- What the page shows besides the transcript -------------------------------------------
 
-// Stop while a reply streams; Regenerate on the last reply when nothing streams.
+// Stop while a reply streams; Regenerate (and Continue, if it was cut) on the last reply
+// when nothing streams.
 function updateControls() {
   const open = socket.isOpen;
   const busy = transcript.streaming() !== null;
@@ -110,9 +115,12 @@ function updateControls() {
   ui.send.disabled = busy || gaveUp || composer.waitingForEcho;
   transcript.setEditable(!busy && !gaveUp && open);
   ui.regenerate.remove();
+  ui.continue.remove();
   const last = transcript.last();
   if (!busy && !gaveUp && last && last.data.role === "assistant") {
     ui.regenerate.disabled = !open;
+    ui.continue.disabled = !open;
+    if (last.data.status === "interrupted") last.actions.append(ui.continue);
     last.actions.append(ui.regenerate);
   }
 }
