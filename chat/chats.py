@@ -306,6 +306,8 @@ class ChatService:
         snapshot = reply.snapshot() if reply is not None and reply.done is None else None
         if reply is None or snapshot is None:
             return None
+        if self.fanout is not None:
+            self.fanout.heard_elsewhere(conversation_id)  # publish every delta again
         return {**snapshot, "deltas": reply.deltas_after(after) if after is not None else []}
 
     async def _join_again(self) -> None:

@@ -46,6 +46,11 @@ CHANNEL_PREFIX = "chat:frames:"
 WAIT_SECONDS = 2.0
 # Between two tries to reach Redis again after the subscriber's connection dropped.
 RECONNECT_SECONDS = 0.5
+# A conversation that no other process hears (PUBLISH reached nobody else) gets one delta
+# published per this many seconds, not all: to find out when another process starts to
+# listen. The deltas between are mended from the runner by the one that starts to listen,
+# as any gap; frames other than deltas always go.
+PROBE_SECONDS = 1.0
 
 # (conversation, `after`) -> the runner's answer: {"message_id", "seq", "content",
 # "deltas": [frames after `after`]}, or None when no process answers.
@@ -77,7 +82,10 @@ class FanOut:
         self._prefix = (self.origin + " ").encode()
         self._redis: Redis = Redis.from_url(url)
         self._deliver_local, self._ask, self._resync = deliver_local, ask, resync
-        self._outbox: list[tuple[str, bytes]] = []
+        self._outbox: list[tuple[UUID, bytes]] = []
+        # Conversations no other process listens to: when a delta last went anyway.
+        self._unheard: dict[UUID, float] = {}
+        self.published = 0  # frames sent to Redis (for tests and the benchmark)
         self._sending: asyncio.Task[None] | None = None
         self._wanted: set[UUID] = set()
         self._confirmed: dict[UUID, asyncio.Event] = {}
@@ -91,9 +99,18 @@ class FanOut:
 
     # --- Publishing -----------------------------------------------------------------------
 
-    def publish(self, conversation_id: UUID, text: str) -> None:
+    def publish(self, conversation_id: UUID, text: str, *, delta: bool = False) -> None:
         """Send a frame (its JSON) to the other processes that watch the conversation."""
-        self._outbox.append((channel_of(conversation_id), self._prefix + text.encode()))
+        if not delta:
+            # Always sent, and whether anyone else listens is asked again: the entries
+            # last no longer than a reply.
+            self._unheard.pop(conversation_id, None)
+        elif conversation_id in self._unheard:
+            now = asyncio.get_running_loop().time()
+            if now - self._unheard[conversation_id] < PROBE_SECONDS:
+                return
+            self._unheard[conversation_id] = now
+        self._outbox.append((conversation_id, self._prefix + text.encode()))
         if self._sending is None or self._sending.done():
             self._sending = asyncio.create_task(self._send(), name="fanout-publish")
 
@@ -102,12 +119,25 @@ class FanOut:
             batch, self._outbox = self._outbox, []
             try:
                 async with self._redis.pipeline(transaction=False) as pipe:
-                    for channel, payload in batch:
-                        pipe.publish(channel, payload)
-                    await pipe.execute()
+                    for conversation_id, payload in batch:
+                        pipe.publish(channel_of(conversation_id), payload)
+                    heard_by = await pipe.execute()
             except (RedisError, OSError):
                 # Lost for the other processes: their receivers see the gap and ask.
                 logger.warning("publishing %d frames failed", len(batch), exc_info=True)
+                continue
+            self.published += len(batch)
+            now = asyncio.get_running_loop().time()
+            for (conversation_id, _), receivers in zip(batch, heard_by, strict=True):
+                others = int(receivers) - (1 if conversation_id in self._wanted else 0)
+                if others > 0:
+                    self._unheard.pop(conversation_id, None)
+                else:
+                    self._unheard.setdefault(conversation_id, now)
+
+    def heard_elsewhere(self, conversation_id: UUID) -> None:
+        """Another process asked about the conversation's reply: it listens from now on."""
+        self._unheard.pop(conversation_id, None)
 
     # --- Subscribing ----------------------------------------------------------------------
 

@@ -58,7 +58,7 @@ class Watchers:
         text = json.dumps(frame)
         await self.deliver_local(conversation_id, frame, text)
         if self.fanout is not None:
-            self.fanout.publish(conversation_id, text)
+            self.fanout.publish(conversation_id, text, delta=frame["type"] == "delta")
 
     async def deliver_local(self, conversation_id: UUID, frame: Frame, text: str) -> None:
         """Send a frame to this process's watchers; one broken socket spoils none."""

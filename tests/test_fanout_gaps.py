@@ -141,3 +141,30 @@ async def test_a_cut_connection_comes_back_and_resyncs(receiver, redis):
     async with asyncio.timeout(5):
         await wait_until(lambda: receiver.seqs()[-1:] == [4])
     assert receiver.seqs() == [1, 4]  # 2 and 3 are in the fresh state
+
+
+async def test_deltas_nobody_else_hears_are_mostly_not_published(receiver, redis):
+    """Only this process listens: after the first, one delta per PROBE_SECONDS goes to
+    Redis; once another process listens (a probe reaches it), every delta goes again."""
+    conversation_id = receiver.conversation_id
+    message = json.dumps({"type": "message", "message": {}})
+    receiver.fanout.publish(conversation_id, message)
+    for seq in range(1, 21):
+        receiver.fanout.publish(conversation_id, json.dumps(delta(seq)), delta=True)
+        await asyncio.sleep(0.01)
+    assert receiver.fanout.published <= 3  # the message, the first delta, perhaps a probe
+
+    listener = redis.pubsub()
+    await listener.subscribe(channel_of(conversation_id))
+    await asyncio.sleep(1.0)  # a probe is due
+    for seq in range(21, 26):
+        receiver.fanout.publish(conversation_id, json.dumps(delta(seq)), delta=True)
+        await asyncio.sleep(0.05)
+    heard: list[int] = []
+    async with asyncio.timeout(5):
+        while len(heard) < 5:
+            got = await listener.get_message(ignore_subscribe_messages=True, timeout=1)
+            if got is not None:
+                heard.append(json.loads(got["data"].split(b" ", 1)[1])["seq"])
+    await listener.aclose()
+    assert heard == [21, 22, 23, 24, 25]
