@@ -111,7 +111,12 @@ class ChatService:
         self.watchers.fanout = self.fanout
         # Processes that die without a word are noticed, and their replies ended.
         self.heartbeat = (
-            Heartbeat(settings.REDIS_URL, self._running_message_ids, self._end_dead_replies)
+            Heartbeat(
+                settings.REDIS_URL,
+                self._running_message_ids,
+                self._end_dead_replies,
+                self._take_over,
+            )
             if self.crossprocess is not None
             else None
         )
@@ -316,6 +321,16 @@ class ChatService:
         assert self.crossprocess is not None
         for reply in self.replies.all_running():
             await self.crossprocess.joined(reply.conversation_id)
+
+    async def _take_over(self, conversation_id: str) -> None:
+        """Continue a reply that a process handed over as it stopped (chat.heartbeats)."""
+        owner_id = await conversation_store.owner_of(UUID(conversation_id))
+        if owner_id is None:
+            return  # deleted meanwhile
+        try:
+            await self.continue_reply(owner_id, UUID(conversation_id))
+        except Refused as refused:  # continued already, or a new reply runs
+            logger.info("not continuing %s: %s", conversation_id, refused.detail)
 
     def _running_message_ids(self) -> list[str]:
         return [
@@ -592,7 +607,13 @@ class ChatService:
         running = self.replies.all_running()
         if running:
             logger.info("server stopping: saving %d running replies", len(running))
+        started = [str(r.conversation_id) for r in running if r.message_id is not None]
         await self.replies.interrupt_all()
+        if self.heartbeat is not None and started:
+            try:
+                await self.heartbeat.hand_over(started)
+            except Exception:
+                logger.warning("handing replies over failed: they stay interrupted", exc_info=True)
         await self._close()
 
     async def _close(self) -> None:

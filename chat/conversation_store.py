@@ -78,6 +78,15 @@ def transcript(user_id: int, conversation_id: UUID, *, latest: int | None = None
 
 
 @orm_step
+def owner_of(conversation_id: UUID) -> int | None:
+    """The conversation's owner, for work a process does on their behalf (a handover)."""
+    owner: int | None = (
+        Conversation.objects.filter(pk=conversation_id).values_list("owner_id", flat=True).first()
+    )
+    return owner
+
+
+@orm_step
 def current_state(conversation_id: UUID, *, latest: int) -> State | None:
     """The conversation and its `latest` messages, for watchers it has already let in (a
     resync, chat.fanout); None once it is deleted."""

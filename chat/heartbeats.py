@@ -16,7 +16,9 @@ checkpoint.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from contextlib import suppress
@@ -36,18 +38,25 @@ REPLIES = "chat:process:{}:replies"
 CLAIM = "chat:process:{}:claimed"
 # How long a dead process's list of replies is kept for a survivor to claim.
 REPLIES_KEPT_SECONDS = 24 * 3600
+# Replies handed over by a process that stopped cleanly, each for one survivor to continue
+# (LPOP gives each to exactly one); older than this, they are left as they are.
+HANDOVER = "chat:handover"
+HANDOVER_SECONDS = 120
 
 RunningReplies = Callable[[], list[str]]  # the message ids of the replies this process runs
 EndReplies = Callable[[list[str]], Awaitable[None]]  # end a dead process's replies
+TakeOver = Callable[[str], Awaitable[None]]  # continue a reply another process handed over
 
 
 class Heartbeat:
     """This process's heartbeat, and its watch over the others'."""
 
-    def __init__(self, url: str, running: RunningReplies, end_replies: EndReplies) -> None:
+    def __init__(
+        self, url: str, running: RunningReplies, end_replies: EndReplies, take_over: TakeOver
+    ) -> None:
         self.process = uuid.uuid4().hex
         self._redis: Redis = Redis.from_url(url)
-        self._running, self._end_replies = running, end_replies
+        self._running, self._end_replies, self._take_over = running, end_replies, take_over
         self._task: asyncio.Task[None] | None = None
         self._soon = asyncio.Event()
 
@@ -85,7 +94,15 @@ class Heartbeat:
             await pipe.execute()
 
     async def look(self) -> None:
-        """End the replies of processes whose heartbeat has stopped, once each."""
+        """Continue the replies handed over; end those of processes whose heartbeat has
+        stopped, once each."""
+        while (raw := await _awaited(self._redis.lpop(HANDOVER))) is not None:
+            handed = json.loads(raw)
+            if time.time() - handed["at"] < HANDOVER_SECONDS:
+                try:
+                    await self._take_over(handed["conversation"])
+                except Exception:
+                    logger.warning("continuing a reply handed over failed", exc_info=True)
         for raw in await _awaited(self._redis.smembers(PROCESSES)):
             process = raw.decode()
             if process == self.process or await self._redis.exists(ALIVE.format(process)):
@@ -101,6 +118,18 @@ class Heartbeat:
                 await self._end_replies(replies)
             await self._redis.delete(REPLIES.format(process))
             await _awaited(self._redis.srem(PROCESSES, process))
+
+    async def hand_over(self, conversation_ids: list[str]) -> None:
+        """This process stops: the survivors continue its replies (saved `interrupted`)."""
+        task, self._task = self._task, None  # so that it does not take them back itself
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        if conversation_ids:
+            now = time.time()
+            items = [json.dumps({"conversation": c, "at": now}) for c in conversation_ids]
+            await _awaited(self._redis.rpush(HANDOVER, *items))
+            logger.info("handed %d replies over to the other processes", len(items))
 
     async def close(self, *, stopped_cleanly: bool = True) -> None:
         """Stop beating; a process that ended its own replies takes itself off the list."""

@@ -1,0 +1,77 @@
+"""A process that is stopped (SIGTERM) hands its running replies over (`chat.heartbeats`):
+each is saved `interrupted`, and a surviving process continues it in the same message,
+so a tab sees the text go on and the reply end `complete`."""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from typing import Any
+
+import aiohttp
+import pytest
+
+from chat.models import Message
+from tests.live_daphne import serve
+from tests.llm_server import Behaviour, expected_text
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+REDIS_URL = os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0"
+
+
+async def next_frame(socket: aiohttp.ClientWebSocketResponse) -> Any:
+    message = await socket.receive(timeout=15)
+    assert message.type == aiohttp.WSMsgType.TEXT, message
+    return json.loads(message.data)
+
+
+async def test_a_stopped_process_hands_its_reply_over(
+    llm_server, user, conversation, login_cookie
+):
+    llm_server.reset()
+    llm_server.behaviour = Behaviour(tokens=300, token_delay=0.02)
+    cookie = await login_cookie(user)
+    path = f"/ws/conversations/{conversation.id}/"
+    with (
+        serve(llm_server, REDIS_URL=REDIS_URL) as survivor,
+        serve(llm_server, REDIS_URL=REDIS_URL) as runner,
+    ):
+        async with aiohttp.ClientSession(headers={"Cookie": cookie}) as http:
+
+            def tab(server: Any) -> Any:
+                return http.ws_connect(server.url.replace("http", "ws") + path, origin=server.url)
+
+            async with tab(runner) as sender, tab(survivor) as watching:
+                for socket in (sender, watching):
+                    assert (await next_frame(socket))["type"] == "state"
+                await sender.send_json(
+                    {"type": "send", "content": "Long", "client_msg_id": str(uuid.uuid4())}
+                )
+                while (await next_frame(watching))["type"] != "delta":
+                    pass
+
+                runner.process.terminate()  # SIGTERM, as a rolling restart does
+
+                frames = []
+                while (frame := await next_frame(watching))["type"] != "done" or (
+                    frame["status"] == "interrupted"
+                ):
+                    frames.append(frame)
+                frames.append(frame)
+
+    cut = next(f for f in frames if f["type"] == "done")
+    assert cut["status"] == "interrupted"
+    continued = next(f for f in frames if f["type"] == "message")
+    assert continued["message"]["id"] == cut["message_id"]
+    assert continued["message"]["status"] == "streaming"
+    assert continued["message"]["content"] == cut["content"]
+    done = frames[-1]
+    assert done["status"] == "complete" and done["message_id"] == cut["message_id"]
+    # The test model starts its text anew when asked to go on; the reply holds both.
+    assert done["content"] == cut["content"] + expected_text(300)
+    stored = await Message.objects.aget(pk=done["message_id"])
+    assert (stored.status, stored.content) == ("complete", done["content"])
+    assert await Message.objects.filter(role="assistant").acount() == 1
+    assert len(llm_server.requests) == 2  # the reply, and its continuation: once
