@@ -1,18 +1,19 @@
 """Our own database refusing writes, for the tests of what a failed step costs: a trigger
-on the messages table that raises when its condition holds, on SQLite and PostgreSQL."""
+on a table (the messages', unless told) that raises when its condition holds, on SQLite
+and PostgreSQL."""
 
 from __future__ import annotations
 
 from django.db import connection
 
 
-def refuse(event: str, when: str = "1 = 1") -> None:
-    """Make the database refuse `event` (INSERT, UPDATE) of a message while `when` holds
-    (SQL over NEW)."""
+def refuse(event: str, when: str = "1 = 1", table: str = "chat_message") -> None:
+    """Make the database refuse `event` (INSERT, UPDATE) of a row of `table` while `when`
+    holds (SQL over NEW)."""
     with connection.cursor() as cursor:
         if connection.vendor == "sqlite":
             cursor.execute(
-                f"CREATE TRIGGER refuse BEFORE {event} ON chat_message WHEN {when} "
+                f"CREATE TRIGGER refuse BEFORE {event} ON {table} WHEN {when} "
                 "BEGIN SELECT RAISE(ABORT, 'refused by the test'); END"
             )
         else:
@@ -21,15 +22,15 @@ def refuse(event: str, when: str = "1 = 1") -> None:
                 "RAISE EXCEPTION 'refused by the test'; END $$ LANGUAGE plpgsql"
             )
             cursor.execute(
-                f"CREATE TRIGGER refuse BEFORE {event} ON chat_message FOR EACH ROW "
+                f"CREATE TRIGGER refuse BEFORE {event} ON {table} FOR EACH ROW "
                 f"WHEN ({when}) EXECUTE FUNCTION refuse()"
             )
 
 
-def allow() -> None:
+def allow(table: str = "chat_message") -> None:
     """Drop the trigger `refuse` made."""
     with connection.cursor() as cursor:
         if connection.vendor == "sqlite":
             cursor.execute("DROP TRIGGER IF EXISTS refuse")
         else:
-            cursor.execute("DROP TRIGGER IF EXISTS refuse ON chat_message")
+            cursor.execute(f"DROP TRIGGER IF EXISTS refuse ON {table}")

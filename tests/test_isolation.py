@@ -10,15 +10,16 @@ from __future__ import annotations
 
 import asyncio
 from importlib import import_module
+from typing import Any
 
 import pytest
 from asgiref.sync import sync_to_async
 from django.conf import settings as django_settings
 from django.http import HttpRequest
 
-from chat import chats
+from chat import chats, persistence
 from chat.api_auth import users_of
-from chat.models import Message
+from chat.models import Conversation, Message
 from tests import api_client, database_faults
 from tests.asgi_client import ApplicationClient, logged_in_application_client
 from tests.chat_socket import ChatSocket
@@ -194,3 +195,52 @@ async def test_a_session_the_database_refuses_fails_its_lookup_alone(user):
 
     assert [getattr(u, "pk", None) for u in (users[0], users[2])] == [user.pk, user.pk]
     assert isinstance(users[1], Exception) or not users[1].is_authenticated
+
+
+async def test_a_create_the_database_refuses_fails_alone(user):
+    """Conversations created together share one INSERT; one the database refuses is that
+    request's error, and the others are made."""
+    await sync_to_async(database_faults.refuse)(
+        "INSERT", f"NEW.title = '{POISON}'", table="chat_conversation"
+    )
+    try:
+        service = chats.service()
+        results = await asyncio.gather(
+            *(service.create(user.pk, title=title) for title in ["first", POISON, "third"]),
+            return_exceptions=True,
+        )
+    finally:
+        await sync_to_async(database_faults.allow)("chat_conversation")
+    assert isinstance(results[1], Exception)
+    assert [getattr(r, "title", r) for r in (results[0], results[2])] == ["first", "third"]
+    titles = {c.title async for c in Conversation.objects.filter(owner=user)}
+    assert titles == {"first", "third"}
+
+
+async def test_a_message_with_nul_keeps_its_batch_in_one_transaction(
+    llm, user, conversations, monkeypatch
+):
+    """A NUL is replaced where text comes in, so the database never refuses it: sends that
+    arrive with it are stored together, not each alone after a failure."""
+    llm.behaviour = Behaviour(tokens=2)
+    writes: list[int] = []
+    post = persistence._post
+
+    def recorded(sends: Any) -> Any:
+        writes.append(len(sends))
+        return post(sends)
+
+    monkeypatch.setattr(persistence, "_post", recorded)
+    service = chats.service()
+    started = await asyncio.gather(
+        *(
+            service.send(user.pk, c.id, content)
+            for c, content in zip(conversations, ["one", "two\x00", "three"], strict=True)
+        )
+    )
+    for each in started:
+        await service.finished(each)
+
+    assert writes == [3]  # one write for the three, never one each after a failure
+    stored = await Message.objects.aget(conversation=conversations[1], role="user")
+    assert stored.content == "two\ufffd"
