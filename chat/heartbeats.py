@@ -113,7 +113,9 @@ class Heartbeat:
             replies = [r.decode() for r in listed]
             if replies:
                 logger.warning(
-                    "process %s stopped beating: ending its %d replies", process, len(replies)
+                    "process %s stopped beating: ending its replies %s",
+                    process,
+                    " ".join(replies),
                 )
                 await self._end_replies(replies)
             await self._redis.delete(REPLIES.format(process))

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -20,11 +19,11 @@ from redis.asyncio import Redis
 from chat.models import Message
 from tests.api_client import atoken_headers
 from tests.live_daphne import LiveServer, serve
+from tests.live_tabs import REDIS_URL
 from tests.llm_server import Behaviour, expected_text
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-REDIS_URL = os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0"
 FRAME_TIMEOUT = 10.0
 
 

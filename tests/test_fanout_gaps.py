@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -16,9 +15,9 @@ import pytest
 from redis.asyncio import Redis
 
 from chat.fanout import FanOut, channel_of
+from tests.live_tabs import REDIS_URL
 from tests.polling import wait_until
 
-REDIS_URL = os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0"
 MESSAGE = str(uuid.uuid4())
 
 

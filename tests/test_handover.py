@@ -4,8 +4,6 @@ so a tab sees the text go on and the reply end `complete`."""
 
 from __future__ import annotations
 
-import json
-import os
 import uuid
 from typing import Any
 
@@ -14,17 +12,10 @@ import pytest
 
 from chat.models import Message
 from tests.live_daphne import serve
+from tests.live_tabs import REDIS_URL, next_frame
 from tests.llm_server import Behaviour, expected_text
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-REDIS_URL = os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0"
-
-
-async def next_frame(socket: aiohttp.ClientWebSocketResponse) -> Any:
-    message = await socket.receive(timeout=15)
-    assert message.type == aiohttp.WSMsgType.TEXT, message
-    return json.loads(message.data)
 
 
 async def test_a_stopped_process_hands_its_reply_over(

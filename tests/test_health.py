@@ -4,7 +4,6 @@ the part that does not; answered in front of Django, whatever the Host."""
 from __future__ import annotations
 
 import json
-import os
 from typing import Any
 
 import aiohttp
@@ -13,10 +12,9 @@ from channels.testing import HttpCommunicator
 
 from chatsite.asgi import application
 from tests.live_daphne import serve
+from tests.live_tabs import REDIS_URL
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-REDIS_URL = os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0"
 
 
 async def probe(method: str = "GET", host: bytes = b"testserver") -> tuple[int, Any]:

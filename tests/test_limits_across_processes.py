@@ -12,7 +12,6 @@ chatsite/settings.py); there the burst runs ungated.
 from __future__ import annotations
 
 import asyncio
-import os
 from typing import Any
 
 import aiohttp
@@ -23,13 +22,12 @@ from django.db import connection
 from chat.models import Message
 from tests.api_client import atoken_headers, url
 from tests.live_daphne import serve
+from tests.live_tabs import REDIS_URL
 from tests.llm_server import Behaviour
 from tests.polling import wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-# Redis runs on every development and CI machine (README, "Tests").
-REDIS_URL = os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0"
 RUNNING = 2  # CHAT_REPLIES_RUNNING_PER_USER
 SENDS = 12
 FIRST, BURST = "First", "Hello"  # what the sends say: the burst's wait at the gate

@@ -5,8 +5,6 @@ session on the other."""
 from __future__ import annotations
 
 import asyncio
-import json
-import os
 import uuid
 from typing import Any
 
@@ -15,18 +13,11 @@ import pytest
 
 from chat.models import Message
 from tests.live_daphne import serve
+from tests.live_tabs import REDIS_URL, next_frame
 from tests.llm_server import Behaviour
 from tests.polling import wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-# Redis runs on every development and CI machine (README, "Tests").
-REDIS_URL = os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0"
-
-
-async def next_frame(socket: aiohttp.ClientWebSocketResponse) -> dict[str, Any]:
-    frame: dict[str, Any] = json.loads((await socket.receive(timeout=10)).data)
-    return frame
 
 
 async def test_stop_reaches_the_reply_another_process_runs(

@@ -5,8 +5,6 @@ last saved, and every tab of those conversations, on every process, is told."""
 from __future__ import annotations
 
 import asyncio
-import json
-import os
 import time
 import uuid
 from typing import Any
@@ -16,18 +14,12 @@ import pytest
 
 from chat.models import Message
 from tests.live_daphne import serve
+from tests.live_tabs import REDIS_URL, next_frame
 from tests.llm_server import Behaviour
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-REDIS_URL = os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0"
 NOTICED_WITHIN = 10.0  # seconds, as issue 11 asks
-
-
-async def next_frame(socket: aiohttp.ClientWebSocketResponse) -> Any:
-    message = await socket.receive(timeout=15)
-    assert message.type == aiohttp.WSMsgType.TEXT, message
-    return json.loads(message.data)
 
 
 async def test_the_replies_of_a_killed_process_end_interrupted_within_10_s(
@@ -76,4 +68,10 @@ async def test_the_replies_of_a_killed_process_end_interrupted_within_10_s(
     assert stored.status == "interrupted" and stored.content == ends[0][0]["content"]
     assert stored.content  # what was saved before the process died
     # Exactly one survivor ended it.
-    assert sum(log.count("stopped beating") for log in logs) == 1
+    ended_by = [
+        line
+        for log in logs
+        for line in log.splitlines()
+        if "stopped beating" in line and ends[0][0]["message_id"] in line
+    ]
+    assert len(ended_by) == 1

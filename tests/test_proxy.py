@@ -27,13 +27,12 @@ from django.test import override_settings
 from chat.models import Message
 from tests import live_daphne, live_nginx
 from tests.api_client import atoken_headers, parse, url
+from tests.live_tabs import REDIS_URL
 from tests.llm_server import Behaviour, FakeLLM, expected_text
 from tests.polling import wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-# Redis runs on every development and CI machine (README, "Tests").
-REDIS_URL = os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0"
 STYLESHEET = Path(settings.BASE_DIR) / "chat" / "static" / "chat" / "chat.css"
 
 

@@ -4,12 +4,10 @@ come back, join their groups again, and the tabs resync."""
 
 from __future__ import annotations
 
-import json
 import shutil
 import socket
 import subprocess
 import time
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -20,6 +18,7 @@ from redis import Redis
 
 from chat.models import Message
 from tests.live_daphne import serve
+from tests.live_tabs import send_frame, until
 from tests.llm_server import Behaviour, expected_text
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -57,22 +56,6 @@ def redis_server(port: int) -> Iterator[subprocess.Popen[bytes]]:
         process.wait(5)
 
 
-async def next_frame(socket: aiohttp.ClientWebSocketResponse) -> Any:
-    message = await socket.receive(timeout=15)
-    assert message.type == aiohttp.WSMsgType.TEXT, message
-    return json.loads(message.data)
-
-
-async def until(socket: aiohttp.ClientWebSocketResponse, kind: str) -> Any:
-    while (frame := await next_frame(socket))["type"] != kind:
-        pass
-    return frame
-
-
-def send(content: str) -> dict[str, Any]:
-    return {"type": "send", "content": content, "client_msg_id": str(uuid.uuid4())}
-
-
 @pytest.mark.skipif(not shutil.which("redis-server"), reason="needs Debian's redis-server")
 async def test_fan_out_stop_and_logouts_outlive_a_redis_restart(
     llm_server, user, conversation, login_cookie, make_conversation
@@ -96,7 +79,7 @@ async def test_fan_out_stop_and_logouts_outlive_a_redis_restart(
             async with tab(one) as tab_one, tab(two) as tab_two:
                 await until(tab_one, "state")
                 await until(tab_two, "state")
-                await tab_one.send_json(send("Before"))
+                await tab_one.send_json(send_frame("Before"))
                 await until(tab_two, "delta")
 
                 # Redis restarts mid-reply, forgetting everything.
@@ -112,7 +95,7 @@ async def test_fan_out_stop_and_logouts_outlive_a_redis_restart(
                     # Fan-out and stop, after the restart: a reply on one, stopped
                     # from the other, seen on both.
                     llm_server.behaviour = Behaviour(tokens=2000, token_delay=0.01)
-                    await tab_one.send_json(send("After"))
+                    await tab_one.send_json(send_frame("After"))
                     await until(tab_two, "delta")
                     await tab_two.send_json({"type": "stop"})
                     stopped = await until(tab_two, "done")

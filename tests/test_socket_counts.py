@@ -5,7 +5,6 @@ Redis runs on every development and CI machine (README, "Tests")."""
 from __future__ import annotations
 
 import logging
-import os
 import uuid
 from collections.abc import AsyncIterator
 
@@ -14,8 +13,7 @@ from redis.asyncio import Redis
 
 from chat import socket_counts
 from chat.socket_counts import SocketCounts
-
-REDIS_URL = os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0"
+from tests.live_tabs import REDIS_URL
 
 
 @pytest.fixture

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import uuid
 from collections.abc import AsyncIterator
 from datetime import timedelta
@@ -32,13 +31,12 @@ from tests.asgi_client import logged_in_application_client
 from tests.chat_socket import ChatSocket
 from tests.conftest import logged_in_client, session_cookie
 from tests.live_daphne import LiveServer, serve
+from tests.live_tabs import REDIS_URL
 from tests.llm_server import Behaviour
 from tests.polling import wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-# Redis runs on every development and CI machine (README, "Tests").
-REDIS_URL = os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0"
 AT_ONCE = 3600.0  # seconds between session checks: none runs during the test
 CHECKED = 0.05  # seconds between session checks
 
