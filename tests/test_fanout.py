@@ -49,6 +49,8 @@ class Tab:
             self.text, self.seq = (
                 (streaming["content"], streaming["seq"]) if streaming else ("", 0)
             )
+        elif frame["type"] == "message" and frame["message"]["status"] == "streaming":
+            self.text, self.seq = frame["message"]["content"], 0  # a new reply begins
         elif frame["type"] == "delta":
             assert frame["seq"] == self.seq + 1, (frame["seq"], self.seq)
             self.seq = frame["seq"]
@@ -223,3 +225,50 @@ async def test_a_rename_on_one_process_reaches_a_tab_on_the_other(
 
         frame = await tab_two.until("conversation")
     assert frame["conversation"]["title"] == "Renamed"
+
+
+async def test_regenerate_and_edit_from_the_other_process(
+    llm_server, user, conversation, login_cookie
+):
+    """History rewritten from a tab on one process (regenerate, then edit) reaches the tab
+    on the other: the messages dropped, the new reply streamed whole."""
+    llm_server.reset()
+    llm_server.behaviour = Behaviour(tokens=20, token_delay=0.005)
+    cookie = await login_cookie(user)
+    async with (
+        two_processes(llm_server) as (one, two),
+        aiohttp.ClientSession(headers={"Cookie": cookie}) as http,
+        http.ws_connect(socket_url(one, conversation), origin=one.url) as socket_one,
+        http.ws_connect(socket_url(two, conversation), origin=two.url) as socket_two,
+    ):
+        tab_one, tab_two = Tab(socket_one), Tab(socket_two)
+        await tab_one.until("state")
+        await tab_two.until("state")
+        await socket_one.send_json(send_frame("First"))
+        first = await tab_two.until("done")
+        await tab_one.until("done")
+
+        await socket_two.send_json({"type": "regenerate"})
+        removed = await tab_one.until("removed")
+        regenerated = await tab_one.until("done")
+
+        question = next(
+            f["message"]["id"]
+            for f in tab_one.frames
+            if f["type"] == "message" and f["message"]["role"] == "user"
+        )
+        await socket_two.send_json({"type": "edit", "message_id": question, "content": "Edited"})
+        dropped = [(await tab_one.until("removed"))["message_id"]]
+        edited = await tab_one.until("done")
+        await tab_two.until("done")
+
+    assert removed["message_id"] == first["message_id"]
+    assert regenerated["message_id"] != first["message_id"]
+    assert regenerated["content"] == expected_text(20)
+    assert dropped == [regenerated["message_id"]]
+    assert edited["status"] == "complete" and edited["content"] == expected_text(20)
+    stored = [m async for m in Message.objects.filter(conversation=conversation)]
+    assert sorted((m.role, m.content) for m in stored) == [
+        ("assistant", expected_text(20)),
+        ("user", "Edited"),
+    ]
