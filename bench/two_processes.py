@@ -43,7 +43,7 @@ from bench.redis_counts import RedisCount, per_item, redis_count
 from tests.llm_server import expected_text
 
 STATS_PATH = "/__bench__/stats"  # bench.probe_asgi.STATS_PATH
-CHANNEL_PREFIX = "chat:frames:"  # chat.fanout.CHANNEL_PREFIX; the benchmark imports no Django
+CHANNELS = "chat:*:frames:*"  # chat.fanout.channel_of's; the benchmark imports no Django
 IDLE_SECONDS = 2.0
 
 
@@ -205,9 +205,12 @@ async def measure(
             measures.idle_cpu_ms_per_s = (sum(idle.cpu) - sum(after.cpu)) * 1000 / IDLE_SECONDS
             measures.redis_idle_commands_per_s = idle.redis.minus(after.redis).total / IDLE_SECONDS
 
+            # chat.fanout's channels, named after the site's database (chat.redis_names).
+            wanted = {uuid.UUID(p.sender.endpoint.conversation_id or "").hex for p in pairs}
             channels = [
-                CHANNEL_PREFIX + uuid.UUID(p.sender.endpoint.conversation_id or "").hex
-                for p in pairs
+                name
+                for name in await redis.pubsub_channels(CHANNELS)
+                if name.decode().rsplit(":", 1)[1] in wanted
             ]
             numsub = await redis.pubsub_numsub(*channels) if channels else []
             measures.subscribers_per_channel = report.ratio(

@@ -37,11 +37,11 @@ from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 
+from chat import redis_names
 from chat.watchers import Frame
 
 logger = logging.getLogger(__name__)
 
-CHANNEL_PREFIX = "chat:frames:"
 # How long to wait for a subscription to be confirmed, or for the runner's answer.
 WAIT_SECONDS = 2.0
 # Between two tries to reach Redis again after the subscriber's connection dropped.
@@ -62,7 +62,7 @@ Resync = Callable[[UUID], Awaitable[tuple[str, int] | None]]
 
 
 def channel_of(conversation_id: UUID) -> str:
-    return CHANNEL_PREFIX + conversation_id.hex
+    return redis_names.name("frames", conversation_id.hex)
 
 
 class Following:
@@ -223,7 +223,7 @@ class FanOut:
     async def _heard(self, message: dict[str, Any]) -> None:
         kind = message["type"]
         channel = message["channel"].decode()
-        conversation_id = UUID(hex=channel.removeprefix(CHANNEL_PREFIX))
+        conversation_id = UUID(hex=channel.rsplit(":", 1)[1])
         if kind == "subscribe":
             confirmed = self._confirmed.get(conversation_id)
             if confirmed is not None:

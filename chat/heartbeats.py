@@ -27,20 +27,23 @@ from typing import Any, cast
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from chat import redis_names
+
 logger = logging.getLogger(__name__)
 
 BEAT_SECONDS = 2.0
 LIFE_SECONDS = 6
-# Every process that has beaten, and for each its replies and its heartbeat.
-PROCESSES = "chat:processes"
-ALIVE = "chat:process:{}:alive"
-REPLIES = "chat:process:{}:replies"
-CLAIM = "chat:process:{}:claimed"
+# Every process that has beaten, and for each its heartbeat, its replies and its claim;
+# each name is the site's own (chat.redis_names).
+PROCESSES = "processes"
+ALIVE = "process:{}:alive"
+REPLIES = "process:{}:replies"
+CLAIM = "process:{}:claimed"
 # How long a dead process's list of replies is kept for a survivor to claim.
 REPLIES_KEPT_SECONDS = 24 * 3600
 # Replies handed over by a process that stopped cleanly, each for one survivor to continue
 # (LPOP gives each to exactly one); older than this, they are left as they are.
-HANDOVER = "chat:handover"
+HANDOVER = "handover"
 HANDOVER_SECONDS = 120
 
 RunningReplies = Callable[[], list[str]]  # the message ids of the replies this process runs
@@ -85,31 +88,33 @@ class Heartbeat:
         """Say this process is alive, and which replies it runs."""
         replies = self._running()
         async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.sadd(PROCESSES, self.process)
-            pipe.set(ALIVE.format(self.process), 1, ex=LIFE_SECONDS)
-            pipe.delete(REPLIES.format(self.process))
+            pipe.sadd(_named(PROCESSES), self.process)
+            pipe.set(_named(ALIVE.format(self.process)), 1, ex=LIFE_SECONDS)
+            pipe.delete(_named(REPLIES.format(self.process)))
             if replies:
-                pipe.sadd(REPLIES.format(self.process), *replies)
-                pipe.expire(REPLIES.format(self.process), REPLIES_KEPT_SECONDS)
+                pipe.sadd(_named(REPLIES.format(self.process)), *replies)
+                pipe.expire(_named(REPLIES.format(self.process)), REPLIES_KEPT_SECONDS)
             await pipe.execute()
 
     async def look(self) -> None:
         """Continue the replies handed over; end those of processes whose heartbeat has
         stopped, once each."""
-        while (raw := await _awaited(self._redis.lpop(HANDOVER))) is not None:
+        while (raw := await _awaited(self._redis.lpop(_named(HANDOVER)))) is not None:
             handed = json.loads(raw)
             if time.time() - handed["at"] < HANDOVER_SECONDS:
                 try:
                     await self._take_over(handed["conversation"])
                 except Exception:
                     logger.warning("continuing a reply handed over failed", exc_info=True)
-        for raw in await _awaited(self._redis.smembers(PROCESSES)):
+        for raw in await _awaited(self._redis.smembers(_named(PROCESSES))):
             process = raw.decode()
-            if process == self.process or await self._redis.exists(ALIVE.format(process)):
+            if process == self.process or await self._redis.exists(_named(ALIVE.format(process))):
                 continue
-            if not await self._redis.set(CLAIM.format(process), self.process, nx=True, ex=60):
+            if not await self._redis.set(
+                _named(CLAIM.format(process)), self.process, nx=True, ex=60
+            ):
                 continue  # another survivor has it
-            listed = await _awaited(self._redis.smembers(REPLIES.format(process)))
+            listed = await _awaited(self._redis.smembers(_named(REPLIES.format(process))))
             replies = [r.decode() for r in listed]
             if replies:
                 logger.warning(
@@ -118,8 +123,8 @@ class Heartbeat:
                     " ".join(replies),
                 )
                 await self._end_replies(replies)
-            await self._redis.delete(REPLIES.format(process))
-            await _awaited(self._redis.srem(PROCESSES, process))
+            await self._redis.delete(_named(REPLIES.format(process)))
+            await _awaited(self._redis.srem(_named(PROCESSES), process))
 
     async def hand_over(self, conversation_ids: list[str]) -> None:
         """This process stops: the survivors continue its replies (saved `interrupted`)."""
@@ -130,7 +135,7 @@ class Heartbeat:
         if conversation_ids:
             now = time.time()
             items = [json.dumps({"conversation": c, "at": now}) for c in conversation_ids]
-            await _awaited(self._redis.rpush(HANDOVER, *items))
+            await _awaited(self._redis.rpush(_named(HANDOVER), *items))
             logger.info("handed %d replies over to the other processes", len(items))
 
     async def close(self, *, stopped_cleanly: bool = True) -> None:
@@ -141,9 +146,15 @@ class Heartbeat:
             await asyncio.gather(task, return_exceptions=True)
         if stopped_cleanly:
             with suppress(RedisError, OSError):
-                await self._redis.delete(ALIVE.format(self.process), REPLIES.format(self.process))
-                await _awaited(self._redis.srem(PROCESSES, self.process))
+                await self._redis.delete(
+                    _named(ALIVE.format(self.process)), _named(REPLIES.format(self.process))
+                )
+                await _awaited(self._redis.srem(_named(PROCESSES), self.process))
         await self._redis.aclose()
+
+
+def _named(key: str) -> str:
+    return redis_names.name(key)
 
 
 async def _awaited(result: Any) -> Any:

@@ -24,6 +24,8 @@ from django.conf import settings
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from chat import redis_names
+
 logger = logging.getLogger(__name__)
 
 # A process's sockets count for this long after its last renewal.
@@ -32,8 +34,9 @@ RENEW_EVERY = PROCESS_TTL / 3
 # A user's hash outlives its last socket by this much (it only holds counts).
 USER_TTL = 24 * 3600
 
-USER_KEY = "chat:sockets:user:{}"
-PROCESS_KEY_PREFIX = "chat:sockets:process:"
+# Each the site's own (chat.redis_names).
+USER_KEY = "sockets:user:{}"
+PROCESS_KEY = "sockets:process:"
 
 # KEYS[1] the user's hash; ARGV: this process's id, the cap, the process key prefix, the
 # hash's TTL, the process key's TTL. The sum of the live processes' counts; under the cap,
@@ -108,13 +111,13 @@ class SharedCounts:
 
     @property
     def process_key(self) -> str:
-        return PROCESS_KEY_PREFIX + self.process
+        return redis_names.name(PROCESS_KEY) + self.process
 
     async def take(self, user_id: int, cap: int) -> bool:
         try:
             taken = await self._take(
-                keys=[USER_KEY.format(user_id)],
-                args=[self.process, cap, PROCESS_KEY_PREFIX, USER_TTL, PROCESS_TTL],
+                keys=[redis_names.name(USER_KEY.format(user_id))],
+                args=[self.process, cap, redis_names.name(PROCESS_KEY), USER_TTL, PROCESS_TTL],
             )
         except (RedisError, OSError):
             logger.warning("counting a socket in Redis failed; it opens uncounted", exc_info=True)
@@ -133,7 +136,7 @@ class SharedCounts:
         try:
             async with self._redis.pipeline(transaction=False) as pipe:
                 for user_id, count in released.items():
-                    pipe.hincrby(USER_KEY.format(user_id), self.process, -count)
+                    pipe.hincrby(redis_names.name(USER_KEY.format(user_id)), self.process, -count)
                 await pipe.execute()
         except (RedisError, OSError):
             # Counted too high until this process's key expires (it stops renewing when
