@@ -28,6 +28,7 @@ ROUTES = [
     ("get", "/api/conversations/{id}/events/", None),
     ("post", "/api/conversations/{id}/stop/", None),
     ("post", "/api/conversations/{id}/regenerate/", None),
+    ("post", "/api/conversations/{id}/continue/", None),
     ("get", "/api/conversations/{id}/export/", None),
     ("get", MODELS_URL, None),
 ]
