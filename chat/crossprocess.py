@@ -21,6 +21,7 @@ from uuid import UUID
 
 from channels.layers import get_channel_layer
 from django.conf import settings
+from redis.exceptions import RedisError
 
 logger = logging.getLogger(__name__)
 
@@ -143,9 +144,7 @@ class CrossProcess:
         while True:
             try:
                 message: dict[str, Any] = await layer.receive(channel)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
+            except (RedisError, OSError):
                 logger.warning("the channel layer's connection dropped", exc_info=True)
                 await self._come_back()
                 continue
