@@ -125,6 +125,35 @@ def message_tokens(message: dict[str, str]) -> int:
     return estimate_prompt_tokens([message["content"]])
 
 
+# --- A short answer, not streamed ---------------------------------------------------------
+
+
+async def complete(
+    upstream: Upstream,
+    model: str,
+    messages: list[dict[str, str]],
+    *,
+    max_tokens: int,
+    user: Hashable = None,
+) -> str:
+    """The whole text of one short completion, asked for at once (a conversation's title,
+    `chat.titles`); raise LLMError for any upstream failure."""
+    create = upstream.client.chat.completions.create
+    try:
+        async with upstream.turn(user):
+            # The messages in `extra_body`, as for a stream (see `ReplyStream.deltas`).
+            completion = await create(
+                model=model, messages=[], extra_body={"messages": messages}, max_tokens=max_tokens
+            )
+    except openai.APIError as exc:
+        raise _error_from_sdk(exc) from exc
+    except ValueError as exc:  # a body that is not the JSON it says it is
+        raise LLMError("upstream_malformed", "The model sent an answer we cannot read.") from exc
+    if not completion.choices:
+        return ""
+    return completion.choices[0].message.content or ""
+
+
 # --- Streaming --------------------------------------------------------------------------
 
 
