@@ -36,6 +36,7 @@ from chat.replies import Replies, Reply
 from chat.serializers import conversation_json, message_json
 from chat.socket_counts import SocketCounts
 from chat.text import storable
+from chat.titles import Titles
 from chat.watchers import Frame, Held, Watcher, Watchers
 
 logger = logging.getLogger(__name__)
@@ -121,6 +122,7 @@ class ChatService:
             else None
         )
         self.replies = Replies(self.watchers, self.upstream, self.crossprocess)
+        self.titles = Titles(self.upstream, self.watchers)
         self._sessions: dict[str, set[Attachment]] = {}
         self.socket_counts = SocketCounts()
         self._session_checks: asyncio.Task[None] | None = None
@@ -462,6 +464,7 @@ class ChatService:
             user_id=conversation.owner_id,
             continues=continues,
         )
+        self.titles.after(reply, plan)
         return Started(plan.user_message, plan.assistant_message, reply)
 
     async def finished(self, started: Started) -> Message | None:
@@ -617,6 +620,7 @@ class ChatService:
         await self._close()
 
     async def _close(self) -> None:
+        await self.titles.close()
         checks, self._session_checks = self._session_checks, None
         joining, self._joining_processes = self._joining_processes, None
         for task in (checks, joining):

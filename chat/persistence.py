@@ -63,6 +63,9 @@ class ReplyPlan:
     max_tokens: int | None = None
     # The reply goes on in `assistant_message`, after the text it holds (a continue).
     continued: bool = False
+    # The title this send gave an untitled conversation (its message's first line), until
+    # the model writes a better one (chat.titles); None when it had a title already.
+    provisional_title: str | None = None
 
 
 @dataclass
@@ -242,6 +245,7 @@ def _post(sends: list[Send]) -> list[ReplyPlan | Message | Exception]:
     # A result per send; the sends that start a reply get theirs once all are stored.
     results: list[ReplyPlan | Message | Exception | None] = []
     starts: dict[int, ReplyStart] = {}  # by index in results
+    named: set[int] = set()  # the sends that titled their conversation
     for send in sends:
         conversation = conversations.get(send.conversation_id)
         if conversation is None or conversation.owner_id != send.user_id:
@@ -268,11 +272,14 @@ def _post(sends: list[Send]) -> list[ReplyPlan | Message | Exception]:
         )
         if not conversation.title:
             conversation.title = send.content.strip().splitlines()[0][:80]
+            named.add(len(results))
         starts[len(results)] = ReplyStart(conversation, history, [user_message], allowance)
         results.append(None)
     plans = _store_replies(list(starts.values()), now)
     for (index, start), plan in zip(starts.items(), plans, strict=True):
         plan.user_message = start.new[0]
+        if index in named:
+            plan.provisional_title = plan.conversation.title
         results[index] = plan
     answered = [result for result in results if result is not None]
     assert len(answered) == len(sends)  # every send has its result, in its place
@@ -554,6 +561,20 @@ def _write_finals(finals: list[Final]) -> list[None | Exception]:
     ]
     update_rows(Message, fields, rows)
     return [None] * len(finals)
+
+
+@db_step
+def retitle(
+    owner_id: int, conversation_id: UUID, provisional: str, title: str
+) -> Conversation | None:
+    """Give the conversation `title` in place of the `provisional` one its first message
+    gave it: the conversation, retitled; None if it was renamed since (a title the user
+    chose is never replaced) or deleted. Not a change of the user's: it keeps its place
+    in the list (`updated_at`)."""
+    titled = owned(owner_id).filter(pk=conversation_id, title=provisional)
+    if not titled.update(title=title):
+        return None
+    return Conversation.objects.filter(pk=conversation_id).first()
 
 
 # --- Batches ------------------------------------------------------------------------------

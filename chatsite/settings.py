@@ -285,6 +285,8 @@ CHAT_UPSTREAM_CONCURRENCY = env_int("CHAT_UPSTREAM_CONCURRENCY", 0)
 CHAT_CONTEXT_TOKENS = env_int("CHAT_CONTEXT_TOKENS", 0)
 # The longest reply asked for (`max_tokens`; 0: the server's default).
 CHAT_MAX_REPLY_TOKENS = env_int("CHAT_MAX_REPLY_TOKENS", 4096)
+# After a conversation's first reply the model writes its title (chat.titles).
+CHAT_GENERATE_TITLES = env_bool("CHAT_GENERATE_TITLES", True)
 
 CHAT_MAX_INPUT_CHARS = env_int("CHAT_MAX_INPUT_CHARS", 16_000)
 CHAT_MESSAGES_PER_MINUTE = env_int("CHAT_MESSAGES_PER_MINUTE", 20)

@@ -127,6 +127,9 @@ class FakeLLM:
         # Configuration, mutable by tests while the server runs.
         self.behaviour = behaviour or Behaviour()
         self.models: dict[str, Behaviour] = {}
+        # Requests whose first message starts with one of these texts (an instruction, as
+        # a title request's) get its behaviour, whatever their model.
+        self.by_instruction: dict[str, Behaviour] = {}
         self.host, self.port = host, port
         # Instrumentation, written on the server thread and read on the test thread.
         self._lock = threading.Lock()
@@ -174,6 +177,7 @@ class FakeLLM:
             self._counts.update(completed_streams=0, disconnects=0)
         self.behaviour = Behaviour()
         self.models = {}
+        self.by_instruction = {}
 
     def _add(self, counter: str, delta: int) -> None:
         with self._lock:
@@ -271,7 +275,7 @@ class FakeLLM:
             self._requests.append(body)
         model = str(body.get("model", DEFAULT_MODEL))
         # A copy, so that a test changing the behaviour cannot affect a running reply.
-        behaviour = dataclasses.replace(self.models.get(model, self.behaviour))
+        behaviour = dataclasses.replace(self._behaviour_for(model, body["messages"]))
         if behaviour.fault == "429":
             error = _error_body("Rate limit reached.", "requests", "rate_limit_exceeded")
             return web.json_response(error, status=429, headers={"retry-after-ms": "10"})
@@ -285,6 +289,13 @@ class FakeLLM:
             usage = behaviour.send_usage and bool(options.get("include_usage"))
             return await self._stream(request, behaviour, encoder, prompt_tokens, usage)
         return await self._complete(request, behaviour, encoder, prompt_tokens)
+
+    def _behaviour_for(self, model: str, messages: list[Any]) -> Behaviour:
+        first = messages[0].get("content") if messages and isinstance(messages[0], dict) else None
+        for instruction, behaviour in self.by_instruction.items():
+            if isinstance(first, str) and first.startswith(instruction):
+                return behaviour
+        return self.models.get(model, self.behaviour)
 
     async def _complete(
         self, request: web.Request, behaviour: Behaviour, encoder: ChunkEncoder, prompt: int

@@ -10,7 +10,7 @@ os.environ.setdefault("DJANGO_SECRET_KEY", "tests-only-not-a-secret")
 os.environ.setdefault("DJANGO_ALLOWED_HOSTS", "localhost,127.0.0.1,testserver")
 
 from chatsite.settings import *  # noqa: E402, F403
-from chatsite.settings import DATABASES  # noqa: E402
+from chatsite.settings import DATABASES, env_bool  # noqa: E402
 
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
@@ -33,3 +33,8 @@ CHAT_CONVERSATIONS_PER_MINUTE = 1000
 # tests/test_limits_across_processes.py).
 CHAT_REPLIES_RUNNING_PER_USER = int(os.environ.get("CHAT_REPLIES_RUNNING_PER_USER", 1000))
 CHAT_SOCKETS_PER_USER = int(os.environ.get("CHAT_SOCKETS_PER_USER", 1000))
+
+# The model's titles come after first replies, as requests and frames of their own: off,
+# so that tests count the requests and read the frames of replies alone. The titles' own
+# tests turn them on (tests/test_titles.py), a live server's through the variable.
+CHAT_GENERATE_TITLES = env_bool("CHAT_GENERATE_TITLES", False)
