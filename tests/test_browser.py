@@ -235,9 +235,32 @@ async def test_stop_mid_reply_then_regenerate(
     assert (stored.status, stored.content.strip()) == ("stopped", partial)
 
     llm_server.behaviour = Behaviour(tokens=5, token_delay=0.01)
-    await reply.get_by_role("button", name="Regenerate").click()
+    # A stopped reply offers to ask again, in those words.
+    await expect(reply.get_by_role("button", name="Regenerate")).to_have_count(0)
+    await reply.get_by_role("button", name="Retry").click()
 
-    # The stopped reply is replaced by a new one.
+    # The stopped reply is replaced by a new one, which offers Regenerate again.
+    await expect(last_reply(page)).to_have_attribute("data-status", "complete")
+    await expect(page.locator(".message")).to_have_count(2)
+    assert await reply_text(page) == shown(5)
+    await expect(last_reply(page).get_by_role("button", name="Regenerate")).to_be_visible()
+
+
+async def test_failed_reply_offers_retry(
+    page: Page, live_server_url: str, user: AbstractBaseUser, llm_server: FakeLLM
+) -> None:
+    llm_server.behaviour = Behaviour(fault="500")
+    await open_new_chat(page, live_server_url, user)
+    await send(page, "Fail, please")
+    reply = last_reply(page)
+    await expect(reply).to_have_attribute("data-status", "failed")
+    await expect(reply.locator(".message__status")).to_contain_text("failed")
+    await expect(reply.get_by_role("button", name="Regenerate")).to_have_count(0)
+    await expect(reply.get_by_role("button", name="Continue")).to_have_count(0)
+
+    llm_server.behaviour = Behaviour(tokens=5)
+    await reply.get_by_role("button", name="Retry").click()
+
     await expect(last_reply(page)).to_have_attribute("data-status", "complete")
     await expect(page.locator(".message")).to_have_count(2)
     assert await reply_text(page) == shown(5)

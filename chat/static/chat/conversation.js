@@ -105,7 +105,8 @@ function socketUrl() {
 // --- What the page shows besides the transcript -------------------------------------------
 
 // Stop while a reply streams; Regenerate (and Continue, if it was cut) on the last reply
-// when nothing streams.
+// when nothing streams. It reads "Retry" when that reply failed or was stopped: asking
+// again is then what the user wants, and the button should say so.
 function updateControls() {
   const open = socket.isOpen;
   const busy = transcript.streaming() !== null;
@@ -121,6 +122,8 @@ function updateControls() {
     ui.regenerate.disabled = !open;
     ui.continue.disabled = !open;
     if (last.data.status === "interrupted") last.actions.append(ui.continue);
+    const retry = last.data.status === "failed" || last.data.status === "stopped";
+    ui.regenerate.textContent = retry ? "Retry" : "Regenerate";
     last.actions.append(ui.regenerate);
   }
 }
