@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 from django.conf import settings
 from django.contrib.auth.decorators import login_required
 from django.http import Http404, HttpRequest, HttpResponse
-from django.shortcuts import redirect, render
-from django.views.decorators.http import require_GET, require_http_methods
+from django.shortcuts import render
+from django.views.decorators.http import require_GET
 
-from chat.chats import service
+from chat.chats import default_model, service
 from chat.refusals import Refused
 
 if TYPE_CHECKING:
@@ -24,33 +24,30 @@ INDEX_LIMIT = 200
 @require_GET
 @login_required
 async def index(request: HttpRequest) -> HttpResponse:
-    """The user's conversations, newest first, and a button to start one."""
-    return await index_page(request, await logged_in_user(request))
-
-
-async def index_page(
-    request: HttpRequest, user: User, *, refusal: str = "", status: int = 200
-) -> HttpResponse:
+    """The user's conversations, newest first, and a link to start one."""
+    user = await logged_in_user(request)
     conversations = await service().conversations(user.pk, limit=INDEX_LIMIT)
     # `user` is passed explicitly: the auth context processor's lazy `request.user`
     # would query the database synchronously inside this async view.
-    context = {"user": user, "conversations": conversations, "refusal": refusal}
-    return render(request, "chat/index.html", context, status=status)
+    context = {"user": user, "conversations": conversations}
+    return render(request, "chat/index.html", context)
 
 
-@require_http_methods(["GET", "POST"])
+@require_GET
 @login_required
 async def new(request: HttpRequest) -> HttpResponse:
-    """Start an empty conversation with the default model and open it."""
-    if request.method == "GET":
-        # Where a login interrupted a click on "New chat": back to the list, nothing made.
-        return redirect("chat:index")
+    """A draft: the conversation page with nothing stored. Its first send creates the
+    conversation (through the JSON API), so an unused "New chat" leaves nothing behind."""
     user = await logged_in_user(request)
-    try:
-        conversation = await service().create(user.pk)
-    except Refused as refused:  # too many new chats this minute: say when to come back
-        return await index_page(request, user, refusal=refused.detail, status=429)
-    return redirect("chat:conversation", conversation_id=conversation.id)
+    context: dict[str, Any] = {
+        "user": user,
+        "conversation": None,
+        "model": default_model(),
+        "system_prompt": "",
+        "transcript": [],
+        "local_model": settings.CHAT_LOCAL_MODEL,
+    }
+    return render(request, "chat/conversation.html", context)
 
 
 @require_GET
@@ -69,6 +66,8 @@ async def conversation(request: HttpRequest, conversation_id: UUID) -> HttpRespo
     context = {
         "user": user,
         "conversation": found.conversation,
+        "model": found.conversation.model,
+        "system_prompt": found.conversation.system_prompt,
         "transcript": found.messages,
         # The bundled offline model: say so, so nobody mistakes it for a hosted one.
         "local_model": settings.CHAT_LOCAL_MODEL,

@@ -105,7 +105,7 @@ def test_pages_keep_djangos_csrf_page(user):
     client = Client(enforce_csrf_checks=True)
     client.force_login(user)
 
-    response = client.post(reverse("chat:new"))
+    response = client.post(reverse("chat:tokens"), {"name": "no token"})
 
     assert response.status_code == 403
     assert response["Content-Type"].startswith("text/html")

@@ -143,10 +143,22 @@ async def log_in(page: Page, live_server_url: str, user: AbstractBaseUser) -> No
 
 
 async def open_new_chat(page: Page, live_server_url: str, user: AbstractBaseUser) -> None:
+    """Log in and click "New chat": a draft, stored by its first send."""
     await log_in(page, live_server_url, user)
-    await page.get_by_role("button", name="New chat").click()
-    await expect(page).to_have_url(re.compile(r"/c/[0-9a-f-]{36}/$"))
+    await page.get_by_role("link", name="New chat").click()
+    await expect(page).to_have_url(f"{live_server_url}/new/")
+    await expect(page.locator("#chat")).to_have_attribute("data-connection", "draft")
+
+
+async def open_stored_chat(
+    page: Page, live_server_url: str, user: AbstractBaseUser, model: str = "test-model"
+) -> Conversation:
+    """Log in and open an empty conversation stored beforehand, its socket live."""
+    conversation = await Conversation.objects.acreate(owner_id=user.pk, model=model)
+    await log_in(page, live_server_url, user)
+    await page.goto(f"{live_server_url}/c/{conversation.id}/")
     await expect(page.locator("#chat")).to_have_attribute("data-connection", "live")
+    return conversation
 
 
 async def send(page: Page, text: str) -> None:
@@ -393,7 +405,7 @@ async def test_draft_typed_while_down_is_sent_on_reconnect(
     llm_server: FakeLLM,
 ) -> None:
     llm_server.behaviour = Behaviour(tokens=5)
-    await open_new_chat(page, live_server_url, user)
+    await open_stored_chat(page, live_server_url, user)
     switch.up = False
     await switch.drop()
     await expect(page.locator("#connection")).to_have_text("reconnecting…")
@@ -437,7 +449,7 @@ async def test_gap_in_deltas_resyncs(
 async def test_deleted_conversation_says_not_found(
     page: Page, switch: SocketSwitch, live_server_url: str, user: AbstractBaseUser
 ) -> None:
-    await open_new_chat(page, live_server_url, user)
+    await open_stored_chat(page, live_server_url, user)
     await Conversation.objects.all().adelete()
 
     await switch.drop()
@@ -453,7 +465,7 @@ async def test_deleted_conversation_says_not_found(
 async def test_logged_out_goes_to_login(
     page: Page, switch: SocketSwitch, live_server_url: str, user: AbstractBaseUser
 ) -> None:
-    await open_new_chat(page, live_server_url, user)
+    await open_stored_chat(page, live_server_url, user)
     chat_path = page.url.removeprefix(live_server_url)
     await page.context.clear_cookies()
 

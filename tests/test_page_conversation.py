@@ -11,7 +11,14 @@ from playwright.async_api import Page, expect
 from chat.models import Message
 from tests import test_browser
 from tests.llm_server import Behaviour, FakeLLM
-from tests.test_browser import last_reply, open_new_chat, reply_text, send, shown
+from tests.test_browser import (
+    last_reply,
+    open_new_chat,
+    open_stored_chat,
+    reply_text,
+    send,
+    shown,
+)
 
 # test_browser's fixtures: its browser and live server (one of each for this module too),
 # and its watchful page.
@@ -144,7 +151,7 @@ async def test_second_tab_shows_the_same_stream(
     page: Page, live_server_url: str, user: AbstractBaseUser, llm_server: FakeLLM
 ) -> None:
     llm_server.behaviour = Behaviour(tokens=60, token_delay=0.05)
-    await open_new_chat(page, live_server_url, user)
+    await open_stored_chat(page, live_server_url, user)
     other = await page.context.new_page()  # the same session, as a second tab is
     await other.goto(page.url)
     await expect(other.locator("#chat")).to_have_attribute("data-connection", "live")

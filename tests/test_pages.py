@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Callable
 from html.parser import HTMLParser
@@ -60,11 +61,10 @@ def test_page_anonymous_redirects_to_login(client: Client, name: str) -> None:
     assert response["Location"] == f"{reverse('login')}?next={url}"
 
 
-def test_new_anonymous_redirects_to_login_and_creates_nothing(client: Client) -> None:
-    response = client.post(reverse("chat:new"))
+def test_new_anonymous_redirects_to_login(client: Client) -> None:
+    response = client.get(reverse("chat:new"))
     assert response.status_code == 302
-    assert response["Location"].startswith(reverse("login"))
-    assert not Conversation.objects.exists()
+    assert response["Location"] == f"{reverse('login')}?next={reverse('chat:new')}"
 
 
 def test_login_page_logs_in_and_goes_to_index(client: Client, user: AbstractBaseUser) -> None:
@@ -107,37 +107,40 @@ def test_index_untitled_conversation_shows_new_chat(
     assert "New chat</span>" in html
 
 
-def test_index_offers_new_chat_form(logged_in: Client) -> None:
+def test_index_offers_new_chat_link(logged_in: Client) -> None:
     html = logged_in.get(reverse("chat:index")).content.decode()
-    assert f'action="{reverse("chat:new")}"' in html
-    assert "csrfmiddlewaretoken" in html
+    assert f'href="{reverse("chat:new")}"' in html
 
 
-# --- Starting a conversation ------------------------------------------------------------
+# --- Starting a conversation: a draft, stored by its first send ---------------------------
 
 
-def test_new_creates_conversation_and_redirects(logged_in: Client, user: AbstractBaseUser) -> None:
-    response = logged_in.post(reverse("chat:new"))
-    conversation = Conversation.objects.get()
-    assert conversation.owner_id == user.pk
-    assert conversation.model == settings.CHAT_MODELS[0]
-    assert response.status_code == 302
-    assert response["Location"] == conversation_url(conversation.id)
+def test_new_shows_a_draft_and_stores_nothing(logged_in: Client) -> None:
+    response = logged_in.get(reverse("chat:new"))
+    html = response.content.decode()
+    assert response.status_code == 200
+    assert 'data-conversation-id=""' in html
+    assert 'id="composer-input"' in html
+    assert f'<option value="{settings.CHAT_MODELS[0]}" selected>' in html
+    # The first send creates the conversation through the API, with the page's CSRF token.
+    assert re.search(r'data-csrf-token="[^"]+"', html)
+    assert "/export/" not in html
+    assert not Conversation.objects.exists()
 
 
-def test_new_over_the_limit_says_when_to_come_back(logged_in: Client, settings: Any) -> None:
-    settings.CHAT_CONVERSATIONS_PER_MINUTE = 1
-    logged_in.post(reverse("chat:new"))
-    response = logged_in.post(reverse("chat:new"))
-    assert response.status_code == 429
-    assert "try again in" in response.content.decode()
+def test_new_lists_no_current_conversation(
+    logged_in: Client, user: AbstractBaseUser, make_conversation: MakeConversation
+) -> None:
+    make_conversation(user, title="Another chat")
+    html = logged_in.get(reverse("chat:new")).content.decode()
+    assert 'aria-current="page"' not in html
     assert Conversation.objects.count() == 1
 
 
-def test_new_get_goes_back_to_the_list_and_creates_nothing(logged_in: Client) -> None:
-    # Where the login form sends someone whose "New chat" click needed a login first.
-    response = logged_in.get(reverse("chat:new"))
-    assert (response.status_code, response["Location"]) == (302, reverse("chat:index"))
+def test_new_post_is_not_allowed_and_creates_nothing(logged_in: Client) -> None:
+    # Scripts create conversations with POST /api/conversations/.
+    response = logged_in.post(reverse("chat:new"))
+    assert response.status_code == 405
     assert not Conversation.objects.exists()
 
 

@@ -84,6 +84,12 @@ export class Composer {
     if (this.waitingForEcho) this.pending = null;
   }
 
+  // The message cannot go anywhere (its conversation could not be created): forget it,
+  // keeping its text in the box.
+  abandon() {
+    this.pending = null;
+  }
+
   disable() {
     this.input.disabled = true;
   }

@@ -1,10 +1,12 @@
 // The conversation page: frames from the socket applied to the transcript, the controls
 // that depend on them (Send, Stop, Regenerate), the title, the connection state, notices,
-// and the sidebar of the user's other chats.
+// and the sidebar of the user's other chats. Without a conversation id the page is a
+// draft (/new/): its first send creates the conversation, and the page becomes its page.
 
 import { createApi } from "./api.js";
 import { Composer } from "./composer.js";
 import { makeButton, makeElement } from "./dom.js";
+import { Draft } from "./draft.js";
 import { ConversationSettings } from "./settings.js";
 import { Sidebar } from "./sidebar.js";
 import { ConversationSocket } from "./socket.js";
@@ -85,10 +87,57 @@ const composer = new Composer(
     canSend: () => !gaveUp && transcript.streaming() === null,
     knownIds: () => transcript.ids(),
     onChange: updateControls,
-    onQueued: () => setConnection("reconnecting", reconnectingText()),
+    onQueued,
     onStop: () => socket.send({ type: "stop" }),
   },
 );
+
+const draft = new Draft({
+  api,
+  fields: () => settings.chosen(),
+  onCreated: becomeConversation,
+  onRefused: (message) => {
+    composer.abandon(); // the text stays in the box, to send again
+    setConnection("draft");
+    showNotice(message);
+    updateControls();
+  },
+});
+
+function isDraft() {
+  return root.dataset.conversationId === "";
+}
+
+// The message waits for a socket; a draft has none until its conversation exists.
+function onQueued() {
+  if (isDraft()) {
+    setConnection("connecting", "starting the chat…");
+    draft.create();
+  } else {
+    setConnection("reconnecting", reconnectingText());
+  }
+}
+
+// The draft's conversation exists: this page is now its page, at its own address, and
+// the message waiting in the composer goes out once the socket's `state` arrives.
+function becomeConversation(conversation) {
+  const path = `/c/${conversation.id}/`;
+  root.dataset.conversationId = conversation.id;
+  const login = root.dataset.loginUrl.split("?")[0];
+  root.dataset.loginUrl = `${login}?next=${encodeURIComponent(path)}`;
+  window.history.replaceState(null, "", path);
+  setTitle(conversation);
+  settings.attach(conversation);
+  sidebar.add(conversation);
+  const exports = document.getElementById("conversation-export");
+  for (const link of exports.querySelectorAll("a[data-format]")) {
+    link.href = `/api/conversations/${conversation.id}/export/?format=${link.dataset.format}`;
+  }
+  exports.hidden = false;
+  socket.url = socketUrl();
+  setConnection("connecting", "connecting…");
+  socket.connect();
+}
 
 // Said on every attempt, so that a failed one does not hide that a message waits.
 function reconnectingText() {
@@ -139,8 +188,8 @@ function setTitle(conversation) {
   document.title = `${title} · Chat`;
 }
 
-// `data-connection` on the page says where the socket is (connecting, live, reconnecting,
-// gone), for styles and tests; the text says it to the user.
+// `data-connection` on the page says where the socket is (draft: none yet, connecting,
+// live, reconnecting, gone), for styles and tests; the text says it to the user.
 function setConnection(state, text = "") {
   root.dataset.connection = state;
   ui.connection.textContent = text;
@@ -297,7 +346,11 @@ document.addEventListener("keydown", (event) => {
   if (event.key === "Escape" && transcript.streaming() !== null) socket.send({ type: "stop" });
 });
 
-setConnection("connecting", "connecting…");
-socket.connect();
+if (isDraft()) {
+  setConnection("draft");
+} else {
+  setConnection("connecting", "connecting…");
+  socket.connect();
+}
 sidebar.reload();
 settings.load();

@@ -1,6 +1,7 @@
 // The conversation's settings: its model (one of those /api/models/ offers) and its
 // system prompt, changed through the API. Every open tab hears of a change (the socket's
-// `conversation` frame) and shows it.
+// `conversation` frame) and shows it. On a draft (no conversation yet) they are what the
+// conversation will be created with.
 
 import { ApiError } from "./api.js";
 import { makeElement } from "./dom.js";
@@ -9,7 +10,7 @@ export class ConversationSettings {
   constructor({ form, model, prompt, status, modelLabel }, { api, conversationId }) {
     this.ui = { form, model, prompt, status, modelLabel };
     this.api = api;
-    this.url = `/api/conversations/${conversationId}/`;
+    this.url = conversationId ? `/api/conversations/${conversationId}/` : null;
     this.offered = null; // the models the server offers, once asked
     this.current = { model: model.value, system_prompt: prompt.value };
     form.addEventListener("submit", (event) => {
@@ -52,6 +53,17 @@ export class ConversationSettings {
     }
   }
 
+  // The model and system prompt picked on the page, for a draft's conversation.
+  chosen() {
+    return { model: this.ui.model.value, system_prompt: this.ui.prompt.value };
+  }
+
+  // The draft's conversation now exists: changes go to it from now on.
+  attach(conversation) {
+    this.url = `/api/conversations/${conversation.id}/`;
+    this.show(conversation);
+  }
+
   // The conversation as the server has it now (a `state` or `conversation` frame, or the
   // answer to a save); a field being edited keeps what the user typed.
   show(conversation) {
@@ -64,7 +76,11 @@ export class ConversationSettings {
   }
 
   async save() {
-    const change = { model: this.ui.model.value, system_prompt: this.ui.prompt.value };
+    if (this.url === null) {
+      this.say("Kept: the chat starts with these when you send the first message.");
+      return;
+    }
+    const change = this.chosen();
     this.say("Saving…");
     try {
       this.show(await this.api("PATCH", this.url, change));

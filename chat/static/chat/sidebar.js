@@ -81,7 +81,10 @@ export class Sidebar {
       this.loading = false;
     }
     if (generation !== this.generation || page === null) return;
-    for (const conversation of page.results) this.list.append(this.item(conversation));
+    for (const conversation of page.results) {
+      // Already shown if this page created it (`add`) while the list was on its way.
+      if (!this.find(conversation.id)) this.list.append(this.item(conversation));
+    }
     this.next = page.next;
     this.more.hidden = this.next === null;
     if (this.list.childElementCount === 0) {
@@ -177,9 +180,25 @@ export class Sidebar {
     if (changed.id === this.currentId) this.hooks.onCurrentChanged(changed);
   }
 
+  find(id) {
+    return this.list.querySelector(`[data-id="${CSS.escape(id)}"]`);
+  }
+
+  // A conversation this page just created (a draft's first send): the open one, on top.
+  add(conversation) {
+    this.currentId = conversation.id;
+    const shown = this.find(conversation.id);
+    if (shown) {
+      shown.replaceWith(this.item(conversation)); // listed before it was the open one
+    } else if (!this.query) {
+      this.list.prepend(this.item(conversation)); // (a search's results stay as they are)
+      this.say("");
+    }
+  }
+
   // A conversation changed (here, or in another tab: the socket's `conversation` frame).
   update(conversation) {
-    const li = this.list.querySelector(`[data-id="${CSS.escape(conversation.id)}"]`);
+    const li = this.find(conversation.id);
     if (!li) return;
     li.replaceWith(this.item(conversation));
   }
