@@ -11,6 +11,7 @@ from django.contrib.admin.utils import unquote
 from django.db.models import Aggregate, Count, IntegerField, OuterRef, QuerySet, Subquery, Sum
 from django.db.models.functions import Coalesce
 from django.http import HttpRequest, HttpResponse
+from django.utils.html import format_html
 
 from chat.models import ApiToken, Conversation, Message, TranscriptRead
 
@@ -87,12 +88,21 @@ def record_read(
     )
 
 
-class MessageInline(ReadOnly, MessageInlineBase):
+class MessageText:
+    """A message's text as written: in a <pre>, so that code keeps its indentation (the
+    admin shows a plain text field with its line breaks, but collapses the spaces)."""
+
+    @admin.display(description="content")
+    def text(self, message: Message) -> str:
+        return format_html('<pre class="transcript-text">{}</pre>', message.content)
+
+
+class MessageInline(MessageText, ReadOnly, MessageInlineBase):
     """The transcript, oldest first, for reading only."""
 
     model = Message
     ordering = ("created_at",)
-    fields = ("role", "status", "content", "model", "tokens", "error", "created_at")
+    fields = ("role", "status", "text", "model", "tokens", "error", "created_at")
     readonly_fields = fields
     extra = 0
     can_delete = False
@@ -175,7 +185,7 @@ class ConversationAdmin(ReadOnly, ConversationAdminBase):
 
 
 @admin.register(Message)
-class MessageAdmin(ReadOnly, MessageAdminBase):
+class MessageAdmin(MessageText, ReadOnly, MessageAdminBase):
     """Every message across conversations, read-only: for finding, not editing."""
 
     list_display = ("__str__", "conversation", "role", "status", "model", "created_at")
@@ -185,6 +195,22 @@ class MessageAdmin(ReadOnly, MessageAdminBase):
     ordering = ("-created_at",)
     show_full_result_count = False
     raw_id_fields = ("conversation",)
+    fields = (
+        "conversation",
+        "role",
+        "status",
+        "text",
+        "model",
+        "prompt_tokens",
+        "completion_tokens",
+        "total_tokens",
+        "usage_estimated",
+        "error_code",
+        "error_detail",
+        "created_at",
+        "updated_at",
+    )
+    readonly_fields = fields
 
     def change_view(
         self,

@@ -14,4 +14,5 @@ urlpatterns: list[URLPattern] = [
     path("c/<uuid:conversation_id>/", views.conversation, name="conversation"),
     path("settings/tokens/", token_views.tokens, name="tokens"),
     path("settings/tokens/<int:token_id>/revoke/", token_views.revoke, name="revoke_token"),
+    path("favicon.ico", views.favicon, name="favicon"),
 ]

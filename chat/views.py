@@ -1,4 +1,4 @@
-"""The HTML pages: the list of a user's conversations and one conversation."""
+"""The HTML pages: the list of a user's conversations, one conversation, a draft; the icon."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ from uuid import UUID
 from django.conf import settings
 from django.contrib.auth.decorators import login_required
 from django.http import Http404, HttpRequest, HttpResponse
-from django.shortcuts import render
+from django.shortcuts import redirect, render
+from django.templatetags.static import static
 from django.views.decorators.http import require_GET
 
 from chat.chats import default_model, service
@@ -73,6 +74,12 @@ async def conversation(request: HttpRequest, conversation_id: UUID) -> HttpRespo
         "local_model": settings.CHAT_LOCAL_MODEL,
     }
     return render(request, "chat/conversation.html", context)
+
+
+@require_GET
+async def favicon(request: HttpRequest) -> HttpResponse:
+    """/favicon.ico, which browsers ask for on pages that name no icon: the site's icon."""
+    return redirect(static("chat/favicon.svg"))
 
 
 async def logged_in_user(request: HttpRequest) -> User:

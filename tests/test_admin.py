@@ -8,6 +8,7 @@ from datetime import timedelta
 import pytest
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Permission
+from django.contrib.staticfiles import finders
 from django.urls import reverse
 from django.utils import timezone
 
@@ -218,3 +219,52 @@ def test_message_admin_is_read_only(admin_client, transcript):
     assert not change.context["has_change_permission"]
     assert admin_client.post(change_url, {"content": "rewritten"}).status_code == 403
     assert admin_client.get(reverse("admin:chat_message_add")).status_code == 403
+
+
+# --- How the transcript reads ------------------------------------------------------------
+
+CODE = 'Here:\n\n```python\ndef soup():\n    if hot:\n        return "<leek>"\n```'
+
+
+@pytest.mark.django_db
+def test_change_page_keeps_code_indentation(admin_client, user, make_conversation):
+    conversation = make_conversation(user, title="Code")
+    add_messages(conversation, {"role": "assistant", "content": CODE})
+
+    response = admin_client.get(reverse("admin:chat_conversation_change", args=[conversation.pk]))
+
+    content = response.content.decode()
+    # Whole, spaces and line breaks as written (no <br>), escaped, in a <pre> that wraps.
+    escaped = CODE.replace('"', "&quot;").replace("<", "&lt;").replace(">", "&gt;")
+    assert f'<pre class="transcript-text">{escaped}</pre>' in content
+    assert "/static/chat/admin.css" in content
+
+
+@pytest.mark.django_db
+def test_message_page_keeps_code_indentation(admin_client, user, make_conversation):
+    conversation = make_conversation(user, title="Code")
+    [message] = add_messages(conversation, {"role": "assistant", "content": CODE})
+
+    response = admin_client.get(reverse("admin:chat_message_change", args=[message.pk]))
+
+    content = response.content.decode()
+    assert response.status_code == 200
+    assert '<pre class="transcript-text">Here:\n\n```python\ndef soup():\n    if hot:' in content
+
+
+# --- The icon ------------------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_admin_pages_name_the_sites_icon(admin_client, client):
+    for response in (admin_client.get(reverse("admin:index")), client.get(reverse("admin:login"))):
+        assert response.status_code == 200
+        assert '<link rel="icon" href="/static/chat/favicon.svg"' in response.content.decode()
+
+
+def test_favicon_ico_is_the_sites_icon(client):
+    # Asked for by any page that names no icon, logged in or not.
+    response = client.get("/favicon.ico")
+
+    assert (response.status_code, response["Location"]) == (302, "/static/chat/favicon.svg")
+    assert finders.find("chat/favicon.svg")
