@@ -13,6 +13,9 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from chat import local_model
 
+# Where `openai.AsyncOpenAI` goes when given no base_url (and OPENAI_BASE_URL is unset).
+OPENAI_DEFAULT_URL = "https://api.openai.com/v1"
+
 
 class Command(BaseCommand):
     help = (
@@ -30,7 +33,9 @@ class Command(BaseCommand):
         if not (settings.OPENAI_API_KEY or settings.OPENAI_BASE_URL):
             model_server = self.start_local_model(env)
         daphne = [sys.executable, "-m", "daphne", "-b", host, "-p", str(port)]
+        self.describe_model(env, local=model_server is not None)
         self.stdout.write(self.style.SUCCESS(f"Serving on http://{host}:{port}/"))
+        self.stdout.flush()  # before daphne's own output, even into a pipe
         server = subprocess.Popen([*daphne, "chatsite.asgi:application"], env=env)  # noqa: S603
         # Ctrl-C reaches the whole process group; on SIGTERM, pass it on and wait.
         signal.signal(signal.SIGTERM, lambda *_: server.terminate())
@@ -41,6 +46,20 @@ class Command(BaseCommand):
         finally:
             if model_server is not None:
                 model_server.stop()
+
+    def describe_model(self, env: dict[str, str], *, local: bool) -> None:
+        """Say which endpoint and models the app will use: an endpoint that cannot be
+        reached otherwise shows only as failed replies."""
+        base_url = env.get("OPENAI_BASE_URL", "")
+        if local:
+            endpoint = f"{base_url} (the bundled local model, offline)"
+        elif base_url:
+            endpoint = f"{base_url} (OPENAI_BASE_URL)"
+        else:
+            endpoint = f"{OPENAI_DEFAULT_URL} (OPENAI_BASE_URL unset: the openai SDK's default)"
+        models = [local_model.MODEL_NAME] if local else list(settings.CHAT_MODELS)
+        self.stdout.write(f"Model endpoint: {endpoint}")
+        self.stdout.write(f"Models (CHAT_MODELS, the first is the default): {', '.join(models)}")
 
     def start_local_model(self, env: dict[str, str]) -> local_model.LocalModelServer:
         if not local_model.installed():
