@@ -9,12 +9,16 @@ import logging
 import time
 from typing import Any
 
+import aiohttp
 import pytest
+from django.conf import settings as django_settings
 
 from chat import chats, titles
 from chat.models import Conversation
 from tests.api_client import url
 from tests.conftest import logged_in_client
+from tests.live_daphne import serve
+from tests.live_tabs import REDIS_URL, next_frame, send_frame, tab_url, until
 from tests.llm_server import Behaviour, FakeLLM, expected_text
 from tests.polling import wait_until
 
@@ -24,8 +28,10 @@ QUESTION = "Where should I go in France for a week?"
 
 
 @pytest.fixture(autouse=True)
-def titles_on(settings: Any) -> None:
-    settings.CHAT_GENERATE_TITLES = True  # off for the rest of the suite (tests/settings.py)
+def titles_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Titles on, off for the rest of the suite (tests/settings.py). Not through the
+    `settings` fixture, which would hide the settings module from the live servers."""
+    monkeypatch.setattr(django_settings, "CHAT_GENERATE_TITLES", True)
 
 
 def answer_titles(llm: FakeLLM, *words: str, **behaviour: Any) -> None:
@@ -115,6 +121,30 @@ async def test_title_never_delays_the_reply(llm, user, conversation, open_socket
     assert not [f for f in first + second if f["type"] == "conversation"]
     assert retitled["type"] == "conversation"
     assert retitled["conversation"]["title"] == "Trip to Provence"
+
+
+async def test_title_reaches_the_tabs_on_another_process(
+    llm_server, user, conversation, login_cookie
+):
+    llm_server.reset()
+    answer_titles(llm_server, "Trip to Provence")
+    cookie = await login_cookie(user)
+    live = {"REDIS_URL": REDIS_URL, "CHAT_GENERATE_TITLES": "1"}
+    with serve(llm_server, **live) as one, serve(llm_server, **live) as two:
+        async with (
+            aiohttp.ClientSession(headers={"Cookie": cookie}) as http,
+            http.ws_connect(tab_url(one.url, conversation.id), origin=one.url) as tab_one,
+            http.ws_connect(tab_url(two.url, conversation.id), origin=two.url) as tab_two,
+        ):
+            assert (await next_frame(tab_one))["type"] == "state"
+            assert (await next_frame(tab_two))["type"] == "state"
+            await tab_one.send_json(send_frame(QUESTION))
+
+            assert (await until(tab_two, "done"))["status"] == "complete"
+            retitled = await until(tab_two, "conversation")
+
+    assert retitled["conversation"]["title"] == "Trip to Provence"
+    assert await stored_title(conversation) == "Trip to Provence"
 
 
 # --- Never over the user's title ----------------------------------------------------------
