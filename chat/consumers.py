@@ -20,6 +20,7 @@ from django.http.cookie import parse_cookie
 
 from chat import refusals
 from chat.chats import Attachment, Started, service
+from chat.outbox import Outbox
 from chat.refusals import Refused
 from chat.serializers import message_json
 from chat.watchers import Frame
@@ -29,6 +30,8 @@ logger = logging.getLogger(__name__)
 CLOSE_UNAUTHENTICATED = 4401
 CLOSE_NOT_FOUND = 4404
 CLOSE_TOO_MANY = 4429
+# Fell more than CHAT_SOCKET_BACKLOG frames behind (`chat.outbox`): reconnect to resync.
+CLOSE_TOO_SLOW = 4408
 
 
 class ConversationConsumer(AsyncJsonWebsocketConsumer):  # type: ignore[misc]
@@ -43,12 +46,15 @@ class ConversationConsumer(AsyncJsonWebsocketConsumer):  # type: ignore[misc]
     conversation_id: UUID
     user_id: int
     attachment: Attachment | None = None
+    # Every frame after `accept` goes out through it, in order.
+    outbox: Outbox
 
     # --- Connection -------------------------------------------------------------------------
 
     async def connect(self) -> None:
         """Accept only the owner; `state` first, then every frame after it."""
         await self.accept()
+        self.outbox = Outbox(self.base_send, {"type": "websocket.close", "code": CLOSE_TOO_SLOW})
         session_key = session_cookie(self.scope)
         if session_key is None:
             await self.close(code=CLOSE_UNAUTHENTICATED)
@@ -72,7 +78,7 @@ class ConversationConsumer(AsyncJsonWebsocketConsumer):  # type: ignore[misc]
     async def end_session(self) -> None:
         """Its session has ended (a logout): close as a socket that is not logged in."""
         self.stop_watching()
-        await self.close(code=CLOSE_UNAUTHENTICATED)
+        self.outbox.put({"type": "websocket.close", "code": CLOSE_UNAUTHENTICATED})
 
     async def disconnect(self, code: int) -> None:
         """Stop watching; a running reply goes on and is saved (a disconnect is not a stop)."""
@@ -101,8 +107,9 @@ class ConversationConsumer(AsyncJsonWebsocketConsumer):  # type: ignore[misc]
             attachment.detach()
 
     async def deliver(self, frame: Frame, text: str) -> None:
-        """A frame for everyone watching this conversation."""
-        await self.send(text_data=text)
+        """A frame for everyone watching this conversation; never waits for the client."""
+        if not self.outbox.put({"type": "websocket.send", "text": text}):
+            self.stop_watching()  # too far behind: closing, and resyncs when it reconnects
 
     async def dispatch(self, message: dict[str, Any]) -> None:
         """As channels' `AsyncConsumer.dispatch`, without its trip to the ORM thread to close
@@ -183,12 +190,14 @@ class ConversationConsumer(AsyncJsonWebsocketConsumer):  # type: ignore[misc]
     async def answer_retry(self, started: Started) -> None:
         """A retried send stored nothing new: show its message again, to this socket."""
         if started.reply is None and started.user_message is not None:
-            await self.send_json(
-                {"type": "message", "message": message_json(started.user_message)}
-            )
+            self.send_frame({"type": "message", "message": message_json(started.user_message)})
 
     async def send_error(self, code: str, detail: str) -> None:
-        await self.send_json({"type": "error", "code": code, "detail": detail})
+        self.send_frame({"type": "error", "code": code, "detail": detail})
+
+    def send_frame(self, frame: Frame) -> None:
+        """A frame for this socket alone, after the frames already on their way to it."""
+        self.outbox.put({"type": "websocket.send", "text": json.dumps(frame)})
 
 
 def session_cookie(scope: dict[str, Any]) -> str | None:

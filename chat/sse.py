@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from uuid import UUID
 
+from django.conf import settings
 from django.http import StreamingHttpResponse
 
 from chat.chats import Attachment, Started, service
@@ -81,13 +82,25 @@ class EventQueue:
         self.end_frame: Frame | None = None
 
     async def deliver(self, frame: Frame, text: str) -> None:
+        if self.end_frame is not None:
+            return  # ending: nothing goes after its last event
+        if self._frames.qsize() >= settings.CHAT_SOCKET_BACKLOG:
+            # A client too slow to read (the server holds its sends, `chat.outbox`): what
+            # waits is dropped, and the stream ends now; opened again, it starts afresh.
+            while not self._frames.empty():
+                self._frames.get_nowait()
+            detail = "This stream fell too far behind: open it again to catch up."
+            self._end({"type": "error", "code": "too_slow", "detail": detail})
+            return
         self._frames.put_nowait((frame, text))
 
     async def end_session(self) -> None:
         """What let it in has ended (a logout, an expired session, a revoked token): one
-        `error` event, then the end."""
+        `error` event after the frames already queued, then the end."""
         detail = "Your session or token has ended: log in again, or use a live token."
-        frame = {"type": "error", "code": "unauthorized", "detail": detail}
+        self._end({"type": "error", "code": "unauthorized", "detail": detail})
+
+    def _end(self, frame: Frame) -> None:
         self.end_frame = frame
         self._frames.put_nowait((frame, json.dumps(frame)))
 

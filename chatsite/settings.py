@@ -293,9 +293,12 @@ CHAT_MESSAGES_PER_MINUTE = env_int("CHAT_MESSAGES_PER_MINUTE", 20)
 CHAT_TOKENS_PER_DAY = env_int("CHAT_TOKENS_PER_DAY", 0)
 CHAT_REPLIES_RUNNING_PER_USER = env_int("CHAT_REPLIES_RUNNING_PER_USER", 4)
 CHAT_CONVERSATIONS_PER_MINUTE = env_int("CHAT_CONVERSATIONS_PER_MINUTE", 30)
-# Per process: each holds its own sockets.
+# Over all processes (chat.socket_counts).
 CHAT_SOCKETS_PER_USER = env_int("CHAT_SOCKETS_PER_USER", 50)
 CHAT_STATE_MESSAGES = env_int("CHAT_STATE_MESSAGES", 100)
+# Frames that may wait for a client slow to read (chat.outbox) before its socket is closed
+# (4408) or its event stream ended: at 10 delta frames a second, 20 s of a reply.
+CHAT_SOCKET_BACKLOG = env_int("CHAT_SOCKET_BACKLOG", 200)
 
 CHAT_FRAME_INTERVAL = env_float("CHAT_FRAME_INTERVAL", 0.1)
 CHAT_CHECKPOINT_INTERVAL = env_float("CHAT_CHECKPOINT_INTERVAL", 1.0)
