@@ -28,6 +28,7 @@ from chat.batching import Batcher
 from chat.conversation_store import Position
 from chat.crossprocess import CrossProcess
 from chat.fanout import FanOut
+from chat.frame_limits import encoded_state
 from chat.heartbeats import Heartbeat
 from chat.models import Conversation, Message
 from chat.persistence import ReplyPlan, State
@@ -243,7 +244,7 @@ class ChatService:
                 attachment.detach()
             raise
         if attachment is None:
-            await watcher.deliver(*_encoded(self._state_frame(state)))
+            await watcher.deliver(*encoded_state(self._state_frame(state)))
             return None
         self._hold_session(attachment)
         await self._send_state(attachment, state)
@@ -289,7 +290,7 @@ class ChatService:
         frame = self._state_frame(state)
         if frame["streaming"] is None:
             frame["streaming"] = await self._streaming_elsewhere(state)
-        await attachment.watcher.deliver(*_encoded(frame))
+        await attachment.watcher.deliver(*encoded_state(frame))
         await attachment.release(frame["streaming"])
 
     async def _streaming_elsewhere(self, state: State) -> Frame | None:
@@ -378,7 +379,7 @@ class ChatService:
             answer = await self._ask_runner(conversation_id, None)
             if answer is not None:
                 frame["streaming"] = {k: answer[k] for k in ("message_id", "seq", "content")}
-        await self.watchers.deliver_local(conversation_id, *_encoded(frame))
+        await self.watchers.deliver_local(conversation_id, *encoded_state(frame))
         streaming = frame["streaming"]
         return (streaming["message_id"], streaming["seq"]) if streaming else None
 
