@@ -608,6 +608,10 @@ class ChatService:
 
     async def interrupt_all(self) -> None:
         """End every reply as `interrupted`, its text saved (server shutdown)."""
+        if self.heartbeat is not None:
+            # First, so that no reply handed over by another process starts here after
+            # the replies to end are counted.
+            await self.heartbeat.stop_taking_over()
         running = self.replies.all_running()
         if running:
             logger.info("server stopping: saving %d running replies", len(running))

@@ -62,9 +62,14 @@ class Heartbeat:
         self._running, self._end_replies, self._take_over = running, end_replies, take_over
         self._task: asyncio.Task[None] | None = None
         self._soon = asyncio.Event()
+        # Held while a handed-over reply is taken, from its LPOP until it runs here: a
+        # cancel in between would leave it `streaming` in the database with nobody running
+        # it. Taking ends for good once this process stops (`stop_taking_over`).
+        self._taking = asyncio.Lock()
+        self._stopping = False
 
     def start(self) -> None:
-        if self._task is None or self._task.done():
+        if not self._stopping and (self._task is None or self._task.done()):
             self._task = asyncio.create_task(self._beat_and_look(), name="heartbeat")
 
     def beat_soon(self) -> None:
@@ -99,13 +104,8 @@ class Heartbeat:
     async def look(self) -> None:
         """Continue the replies handed over; end those of processes whose heartbeat has
         stopped, once each."""
-        while (raw := await _awaited(self._redis.lpop(_named(HANDOVER)))) is not None:
-            handed = json.loads(raw)
-            if time.time() - handed["at"] < HANDOVER_SECONDS:
-                try:
-                    await self._take_over(handed["conversation"])
-                except Exception:
-                    logger.warning("continuing a reply handed over failed", exc_info=True)
+        while await self._take_one():
+            pass
         for raw in await _awaited(self._redis.smembers(_named(PROCESSES))):
             process = raw.decode()
             if process == self.process or await self._redis.exists(_named(ALIVE.format(process))):
@@ -126,12 +126,37 @@ class Heartbeat:
             await self._redis.delete(_named(REPLIES.format(process)))
             await _awaited(self._redis.srem(_named(PROCESSES), process))
 
+    async def _take_one(self) -> bool:
+        """Continue the next reply handed over, if any; whether there was one."""
+        async with self._taking:
+            if self._stopping:
+                return False
+            raw = await _awaited(self._redis.lpop(_named(HANDOVER)))
+            if raw is None:
+                return False
+            handed = json.loads(raw)
+            if time.time() - handed["at"] < HANDOVER_SECONDS:
+                try:
+                    await self._take_over(handed["conversation"])
+                except Exception:
+                    logger.warning("continuing a reply handed over failed", exc_info=True)
+            return True
+
+    async def stop_taking_over(self) -> None:
+        """This process stops: it takes no more replies, the one it is taking (if any)
+        runs before this returns, and the heartbeat ends, so that the replies it runs can
+        all be ended and handed over."""
+        self._stopping = True
+        async with self._taking:
+            task, self._task = self._task, None
+            if task is not None:
+                task.cancel()
+        if task is not None:
+            await asyncio.gather(task, return_exceptions=True)
+
     async def hand_over(self, conversation_ids: list[str]) -> None:
         """This process stops: the survivors continue its replies (saved `interrupted`)."""
-        task, self._task = self._task, None  # so that it does not take them back itself
-        if task is not None:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+        await self.stop_taking_over()  # so that it does not take them back itself
         if conversation_ids:
             now = time.time()
             items = [json.dumps({"conversation": c, "at": now}) for c in conversation_ids]

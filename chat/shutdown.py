@@ -1,7 +1,11 @@
-"""Saving the running replies when the server stops: each keeps its text, as `interrupted`.
+"""A process's start and stop under daphne: it watches over the other processes from its
+start, and saves its running replies when it stops, each keeping its text as
+`interrupted` (and handed over to the others, with several processes).
 
-Without this, a stopped server loses what streamed since the last checkpoint, and its
-replies are marked `interrupted` only when someone next opens the conversation.
+Without the first, a process that has no socket open yet (one just restarted) would take
+no reply that a stopping process hands over, and notice no process that dies. Without the
+second, a stopped server loses what streamed since the last checkpoint, and its replies
+are marked `interrupted` only when someone next opens the conversation.
 """
 
 from __future__ import annotations
@@ -13,7 +17,8 @@ from chat import chats
 
 
 def save_replies_on_daphne_shutdown() -> None:
-    """Under daphne, make Twisted wait for every reply's final write before it exits."""
+    """Under daphne, beat from the start (chat.heartbeats), and make Twisted wait for
+    every reply's final write before it exits."""
     if "daphne.server" not in sys.modules:
         return  # another server (uvicorn, the test client): replies recover on next load
     from twisted.internet import defer, reactor
@@ -22,7 +27,15 @@ def save_replies_on_daphne_shutdown() -> None:
         return defer.Deferred.fromFuture(asyncio.ensure_future(interrupt_replies()))
 
     # (zope interfaces declare methods without `self`, which mypy misreads)
+    reactor.callLater(0, watch_the_other_processes)  # type: ignore[arg-type]  # once the loop runs
     reactor.addSystemEventTrigger("before", "shutdown", before_shutdown)  # type: ignore[arg-type]
+
+
+def watch_the_other_processes() -> None:
+    """Start this process's heartbeat, on the event loop that serves the app."""
+    heartbeat = chats.service().heartbeat
+    if heartbeat is not None:
+        heartbeat.start()
 
 
 async def interrupt_replies() -> None:

@@ -4,6 +4,7 @@ so a tab sees the text go on and the reply end `complete`."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from typing import Any
 
@@ -14,6 +15,7 @@ from chat.models import Message
 from tests.live_daphne import serve
 from tests.live_tabs import REDIS_URL, next_frame
 from tests.llm_server import Behaviour, expected_text
+from tests.polling import wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -66,3 +68,39 @@ async def test_a_stopped_process_hands_its_reply_over(
     assert (stored.status, stored.content) == ("complete", done["content"])
     assert await Message.objects.filter(role="assistant").acount() == 1
     assert len(llm_server.requests) == 2  # the reply, and its continuation: once
+
+
+async def test_a_process_with_no_tab_open_takes_the_replies_handed_over(
+    llm_server, user, conversation, login_cookie
+):
+    """The survivor has served nothing yet (fresh from its own restart, say): it still
+    continues what the stopped process hands over."""
+    llm_server.reset()
+    llm_server.behaviour = Behaviour(tokens=100, token_delay=0.02)
+    cookie = await login_cookie(user)
+    path = f"/ws/conversations/{conversation.id}/"
+    with (
+        serve(llm_server, REDIS_URL=REDIS_URL) as survivor,
+        serve(llm_server, REDIS_URL=REDIS_URL) as runner,
+    ):
+        async with (
+            aiohttp.ClientSession(headers={"Cookie": cookie}) as http,
+            http.ws_connect(runner.url.replace("http", "ws") + path, origin=runner.url) as tab,
+        ):
+            assert (await next_frame(tab))["type"] == "state"
+            await tab.send_json(
+                {"type": "send", "content": "Long", "client_msg_id": str(uuid.uuid4())}
+            )
+            while (await next_frame(tab))["type"] != "delta":
+                pass
+            runner.process.terminate()
+
+            async def continued() -> bool:
+                reply = await Message.objects.aget(role="assistant")
+                return reply.status == "complete"
+
+            async with asyncio.timeout(15):
+                await wait_until(continued, interval=0.2)
+        survivor_log = survivor.log.read_text()
+    reply = await Message.objects.aget(role="assistant")
+    assert reply.content.endswith(expected_text(100)), survivor_log
