@@ -8,7 +8,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,8 +22,7 @@ from tests.llm_server import FakeLLM
 
 SERVER_START_TIMEOUT = 20.0  # seconds
 SERVER_STOP_TIMEOUT = 15.0  # daphne gives open sockets up to 10 s to close
-# Port 0: the system picks a free port, and daphne logs it.
-DAPHNE = [sys.executable, "-m", "daphne", "--bind", "127.0.0.1", "--port", "0"]
+DAPHNE = [sys.executable, "-m", "daphne", "--bind", "127.0.0.1"]
 LISTENING = re.compile(r"Listening on TCP address [\d.]+:(\d+)")
 
 
@@ -43,19 +42,31 @@ def serve(llm_server: FakeLLM, **environment: str) -> Iterator[LiveServer]:
     """daphne serving the app on the test database, its model pointed at `llm_server`;
     `environment` adds to or overrides its environment."""
     with tempfile.TemporaryDirectory() as tmp:
-        log = Path(tmp) / "daphne.log"
-        with log.open("wb") as out:
-            process = subprocess.Popen(  # noqa: S603 - our own interpreter and arguments
-                [*DAPHNE, "chatsite.asgi:application"],
-                cwd=settings.BASE_DIR,
-                env={**server_environment(llm_server), **environment},
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
+        server = start(llm_server, Path(tmp) / "daphne.log", environment)
         try:
-            yield LiveServer(process, wait_for_port(process, log), log)
+            yield server
         finally:
-            stop(process)
+            stop(server.process)
+
+
+def start(
+    llm_server: FakeLLM, log: Path, environment: Mapping[str, str], port: int = 0
+) -> LiveServer:
+    """daphne started on `port` (0: one the system picks), logging to `log`, with
+    `environment` as `serve`'s; the caller stops it. Returns once it listens."""
+    with log.open("wb") as out:
+        process = subprocess.Popen(  # noqa: S603 - our own interpreter and arguments
+            [*DAPHNE, "--port", str(port), "chatsite.asgi:application"],
+            cwd=settings.BASE_DIR,
+            env={**server_environment(llm_server), **environment},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        return LiveServer(process, wait_for_port(process, log), log)
+    except BaseException:
+        stop(process)
+        raise
 
 
 def database_url(db: dict[str, Any]) -> str:

@@ -48,6 +48,10 @@ class Behaviour:
     stall_seconds: float = 30.0
     words: Sequence[str] | None = None  # the reply's tokens, instead of w0, w1, ...
     error_message: str = "The server had an error."  # the 500 fault's message
+    # Asked to go on after the reply's own first tokens (the last message is the
+    # assistant's, as a continued reply's prompt ends), answer the rest of the reply, as a
+    # model does; False: the whole reply anew.
+    continues: bool = False
 
     def __post_init__(self) -> None:
         if self.fault is not None and self.fault not in FAULTS:
@@ -57,6 +61,19 @@ class Behaviour:
         if self.words is not None:
             return list(self.words)
         return [f"w{i} " for i in range(self.tokens)]
+
+    def going_on(self, messages: list[Any]) -> Behaviour:
+        """This behaviour for a request with `messages`: with `continues`, the tokens after
+        the assistant's text that ends them, when that text is the reply's own start."""
+        last = messages[-1] if messages and isinstance(messages[-1], dict) else {}
+        said = last.get("content")
+        if not self.continues or last.get("role") != "assistant" or not isinstance(said, str):
+            return self
+        tokens = self.reply_tokens()
+        starts = list(itertools.accumulate((len(token) for token in tokens), initial=0))
+        if len(said) not in starts or not "".join(tokens).startswith(said):
+            return self  # not the reply's own start: the whole reply
+        return dataclasses.replace(self, words=tokens[starts.index(len(said)) :])
 
 
 def expected_text(n: int) -> str:
@@ -276,6 +293,7 @@ class FakeLLM:
         model = str(body.get("model", DEFAULT_MODEL))
         # A copy, so that a test changing the behaviour cannot affect a running reply.
         behaviour = dataclasses.replace(self._behaviour_for(model, body["messages"]))
+        behaviour = behaviour.going_on(body["messages"])
         if behaviour.fault == "429":
             error = _error_body("Rate limit reached.", "requests", "rate_limit_exceeded")
             return web.json_response(error, status=429, headers={"retry-after-ms": "10"})
