@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -49,6 +50,27 @@ http {{
     include {folder}/chat.conf;
 }}
 """
+
+
+def require_nginx() -> None:
+    """Skip without Debian's nginx; fail in CI, which installs it."""
+    if not NGINX.exists():
+        message = f"{NGINX} is missing: apt-get install nginx (.ci/run does)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+def app_environment(origin: str, redis_url: str) -> dict[str, str]:
+    """What deploy/nginx.conf asks of the app behind it, for the site at `origin`."""
+    return {
+        "REDIS_URL": redis_url,
+        "DJANGO_ALLOWED_HOSTS": HOST,
+        "DJANGO_CSRF_TRUSTED_ORIGINS": origin,
+        "CHAT_WEBSOCKET_ORIGINS": origin,
+        "DJANGO_SECURE_PROXY_SSL_HEADER": "X-Forwarded-Proto",
+        "CHAT_CLIENT_IP_HEADER": "X-Forwarded-For",
+    }
 
 
 @dataclass

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import tempfile
 import time
 import uuid
@@ -49,23 +48,14 @@ class Site:
 @pytest.fixture(scope="module")
 def site(django_db_setup: None, llm_server: FakeLLM) -> Iterator[Site]:
     """nginx on free ports in front of two daphne processes, for the module's tests."""
-    if not live_nginx.NGINX.exists():
-        message = f"{live_nginx.NGINX} is missing: apt-get install nginx (.ci/run does)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+    live_nginx.require_nginx()
     https_port, http_port = live_nginx.free_port(), live_nginx.free_port()
     origin = f"https://{live_nginx.HOST}:{https_port}"
     # What deploy/nginx.conf asks of the app, and an app that redirects plain HTTP: only a
     # proxy that says it took HTTPS gets through.
     environment = {
-        "REDIS_URL": REDIS_URL,
-        "DJANGO_ALLOWED_HOSTS": live_nginx.HOST,
-        "DJANGO_CSRF_TRUSTED_ORIGINS": origin,
-        "CHAT_WEBSOCKET_ORIGINS": origin,
-        "DJANGO_SECURE_PROXY_SSL_HEADER": "X-Forwarded-Proto",
+        **live_nginx.app_environment(origin, REDIS_URL),
         "DJANGO_SECURE_SSL_REDIRECT": "1",
-        "CHAT_CLIENT_IP_HEADER": "X-Forwarded-For",
         "PYTHONUNBUFFERED": "1",  # each access log line as it happens
     }
     with tempfile.TemporaryDirectory() as tmp:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
 import tempfile
 import time
@@ -127,21 +126,10 @@ async def answers_healthz(server: live_daphne.LiveServer) -> bool:
 def nginx_site(llm_server: FakeLLM) -> Iterator[Site]:
     """nginx on free ports in front of two daphne processes, as tests/test_proxy.py runs
     deploy/nginx.conf."""
-    if not live_nginx.NGINX.exists():
-        message = f"{live_nginx.NGINX} is missing: apt-get install nginx (.ci/run does)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+    live_nginx.require_nginx()
     https_port, http_port = live_nginx.free_port(), live_nginx.free_port()
     origin = f"https://{live_nginx.HOST}:{https_port}"
-    environment = {
-        "REDIS_URL": REDIS_URL,
-        "DJANGO_ALLOWED_HOSTS": live_nginx.HOST,
-        "DJANGO_CSRF_TRUSTED_ORIGINS": origin,
-        "CHAT_WEBSOCKET_ORIGINS": origin,
-        "DJANGO_SECURE_PROXY_SSL_HEADER": "X-Forwarded-Proto",
-        "CHAT_CLIENT_IP_HEADER": "X-Forwarded-For",
-    }
+    environment = live_nginx.app_environment(origin, REDIS_URL)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         (folder / "static").mkdir()
