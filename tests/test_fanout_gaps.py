@@ -7,16 +7,19 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from redis import Redis as BlockingRedis
 from redis.asyncio import Redis
 
 from chat.fanout import FanOut, channel_of
 from tests.live_tabs import REDIS_URL
 from tests.polling import wait_until
+from tests.private_redis import free_port, redis_server
 
 MESSAGE = str(uuid.uuid4())
 
@@ -28,13 +31,13 @@ def delta(seq: int) -> dict[str, Any]:
 class Receiver:
     """A process with watchers of one conversation: what its watchers got."""
 
-    def __init__(self, runner_seq: int = 0) -> None:
+    def __init__(self, runner_seq: int = 0, url: str = REDIS_URL) -> None:
         self.conversation_id = uuid.uuid4()
         self.delivered: list[dict[str, Any]] = []
         self.asked: list[int | None] = []
         self.resyncs = 0
         self.runner_seq = runner_seq  # how far the played runner's reply is; 0: none runs
-        self.fanout = FanOut(REDIS_URL, self.deliver, self.ask, self.resync)
+        self.fanout = FanOut(url, self.deliver, self.ask, self.resync)
 
     async def deliver(self, conversation_id: uuid.UUID, frame: dict[str, Any], text: str) -> None:
         assert json.loads(text) == frame
@@ -167,3 +170,50 @@ async def test_deltas_nobody_else_hears_are_mostly_not_published(receiver, redis
                 heard.append(json.loads(got["data"].split(b" ", 1)[1])["seq"])
     await listener.aclose()
     assert heard == [21, 22, 23, 24, 25]
+
+
+# Over Redis' capacity for a subscriber's unread output, forced: a burst of deltas this
+# large (10 MB) while the receiver reads nothing, against a limit of 256 KB.
+BURST, BURST_TEXT = 200, "x" * 50_000
+
+
+@pytest.mark.skipif(not shutil.which("redis-server"), reason="needs Debian's redis-server")
+async def test_a_subscriber_cut_off_for_falling_behind_recovers(tmp_path):
+    """Redis drops what it cannot hold for a subscriber that falls behind (over its
+    `client-output-buffer-limit`, it closes the connection and the unsent frames are gone),
+    as channels' layer drops over a channel's capacity. The receiver mends it by itself: it
+    comes back, resyncs, and passes on the frames after, in order, none twice."""
+    port, log = free_port(), tmp_path / "redis.log"
+    with redis_server(port, "--client-output-buffer-limit", "pubsub 256kb 0 0", log=log):
+        receiver = Receiver(url=f"redis://127.0.0.1:{port}/0")
+        channel = channel_of(receiver.conversation_id)
+        publisher = BlockingRedis(port=port)
+        try:
+            receiver.fanout.watch(receiver.conversation_id)
+            assert await receiver.fanout.subscribed(receiver.conversation_id)
+            publisher.publish(channel, "elsewhere " + json.dumps(delta(1)))
+            async with asyncio.timeout(5):
+                await wait_until(lambda: receiver.seqs() == [1])
+
+            # The burst goes out while this loop (the receiver's) is held: a process busy
+            # elsewhere, reading nothing.
+            receiver.runner_seq = BURST + 1
+            with publisher.pipeline(transaction=False) as pipe:
+                for seq in range(2, BURST + 2):
+                    frame = {**delta(seq), "text": BURST_TEXT}
+                    pipe.publish(channel, "elsewhere " + json.dumps(frame))
+                pipe.execute()
+            async with asyncio.timeout(10):
+                await wait_until(lambda: receiver.resyncs == 1)
+            assert await receiver.fanout.subscribed(receiver.conversation_id)
+
+            publisher.publish(channel, "elsewhere " + json.dumps(delta(BURST + 2)))
+            async with asyncio.timeout(5):
+                await wait_until(lambda: receiver.seqs()[-1:] == [BURST + 2])
+        finally:
+            publisher.close()
+            await receiver.fanout.close()
+    assert "output buffer limits" in log.read_text()  # Redis' own word for the cut
+    seqs = receiver.seqs()
+    assert len(seqs) < BURST + 2  # some deltas never reached it: the fresh state holds them
+    assert seqs == sorted(set(seqs)) and seqs[0] == 1

@@ -5,55 +5,18 @@ come back, join their groups again, and the tabs resync."""
 from __future__ import annotations
 
 import shutil
-import socket
-import subprocess
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import aiohttp
 import pytest
-from redis import Redis
 
 from chat.models import Message
 from tests.live_daphne import serve
 from tests.live_tabs import send_frame, until
 from tests.llm_server import Behaviour, expected_text
+from tests.private_redis import free_port, redis_server
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-@contextmanager
-def redis_server(port: int) -> Iterator[subprocess.Popen[bytes]]:
-    """A Redis of our own that keeps nothing on disk, answering when this returns."""
-    process = subprocess.Popen(  # noqa: S603 - Debian's redis-server, our arguments
-        [REDIS_SERVER, "--port", str(port), "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        client = Redis(port=port, socket_connect_timeout=0.2)
-        for _ in range(100):
-            try:
-                client.ping()
-                break
-            except Exception:  # noqa: S112 - not up yet
-                time.sleep(0.05)
-        client.close()
-        yield process
-    finally:
-        process.terminate()
-        process.wait(5)
 
 
 @pytest.mark.skipif(not shutil.which("redis-server"), reason="needs Debian's redis-server")
