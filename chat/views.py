@@ -47,6 +47,7 @@ async def new(request: HttpRequest) -> HttpResponse:
         "system_prompt": "",
         "transcript": [],
         "local_model": settings.CHAT_LOCAL_MODEL,
+        "max_input_chars": settings.CHAT_MAX_INPUT_CHARS,
     }
     return render(request, "chat/conversation.html", context)
 
@@ -72,6 +73,7 @@ async def conversation(request: HttpRequest, conversation_id: UUID) -> HttpRespo
         "transcript": found.messages,
         # The bundled offline model: say so, so nobody mistakes it for a hosted one.
         "local_model": settings.CHAT_LOCAL_MODEL,
+        "max_input_chars": settings.CHAT_MAX_INPUT_CHARS,
     }
     return render(request, "chat/conversation.html", context)
 

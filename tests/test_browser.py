@@ -328,10 +328,38 @@ async def test_markup_shows_as_literal_text(
     await expect(page.locator("#transcript img, #transcript b")).to_have_count(0)
 
 
+async def test_a_message_too_long_is_refused_on_the_page_and_stores_nothing(
+    page: Page, live_server_url: str, user: AbstractBaseUser
+) -> None:
+    """Said before anything is stored: a draft's first send creates no conversation."""
+    await open_new_chat(page, live_server_url, user)
+    too_long = "é" * (settings.CHAT_MAX_INPUT_CHARS + 1)  # code points, as the server counts
+
+    await send(page, too_long)
+
+    notice = page.locator(".notice")
+    await expect(notice).to_contain_text(
+        f"at most {settings.CHAT_MAX_INPUT_CHARS} characters; "
+        f"this one has {settings.CHAT_MAX_INPUT_CHARS + 1}"
+    )
+    await expect(page.locator("#composer-input")).to_have_value(too_long)
+    await expect(page.locator("#chat")).to_have_attribute("data-connection", "draft")
+    assert not await Conversation.objects.aexists()
+
+    # Shortened, it goes.
+    await notice.get_by_role("button", name="Dismiss").click()
+    await expect(notice).to_have_count(0)
+    await send(page, "Short enough")
+    await expect(last_reply(page)).to_have_attribute("data-status", "complete")
+    assert await Message.objects.filter(content="Short enough").aexists()
+
+
 async def test_refused_message_keeps_the_draft(
     page: Page, live_server_url: str, user: AbstractBaseUser
 ) -> None:
-    await open_new_chat(page, live_server_url, user)
+    """The server's own refusal: a page loaded before the limit was lowered."""
+    await open_stored_chat(page, live_server_url, user)
+    await page.evaluate("document.getElementById('chat').dataset.maxInputChars = '1000000'")
     too_long = "x" * (settings.CHAT_MAX_INPUT_CHARS + 1)
 
     await send(page, too_long)

@@ -17,10 +17,14 @@ function newClientMsgId() {
 export class Composer {
   // send(frame) returns whether it went out; canSend() says whether the page takes a new
   // message now; knownIds() the messages shown; onChange() after the pending send changes;
-  // onQueued() when the message waits for a connection.
-  constructor({ form, input, stop }, { send, canSend, knownIds, onChange, onQueued, onStop }) {
+  // onQueued() when the message waits for a connection; maxChars() the longest message
+  // the server takes, and onTooLong(text) when the draft is longer (it stays in the box).
+  constructor(
+    { form, input, stop },
+    { send, canSend, knownIds, onChange, onQueued, onStop, maxChars, onTooLong },
+  ) {
     this.input = input;
-    this.hooks = { send, canSend, knownIds, onChange, onQueued };
+    this.hooks = { send, canSend, knownIds, onChange, onQueued, maxChars, onTooLong };
     this.pending = null; // {clientMsgId, content, sent, knownIds}
     form.addEventListener("submit", (event) => {
       event.preventDefault();
@@ -48,6 +52,17 @@ export class Composer {
   submit() {
     const content = this.input.value;
     if (content.trim() === "" || !this.hooks.canSend() || this.waitingForEcho) return;
+    // Said here, before anything is stored (a draft's conversation is created by its
+    // first send); counted in code points, as the server counts.
+    const length = [...content].length;
+    const most = this.hooks.maxChars();
+    if (length > most) {
+      this.hooks.onTooLong(
+        `A message may hold at most ${most} characters; this one has ${length}. ` +
+          "Shorten it, or send it in parts.",
+      );
+      return;
+    }
     const knownIds = this.hooks.knownIds();
     this.pending = { clientMsgId: newClientMsgId(), content, sent: false, knownIds };
     this.flush();

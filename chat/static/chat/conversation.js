@@ -89,6 +89,8 @@ const composer = new Composer(
     onChange: updateControls,
     onQueued,
     onStop: () => socket.send({ type: "stop" }),
+    maxChars: () => Number(root.dataset.maxInputChars),
+    onTooLong: (message) => showNotice(message),
   },
 );
 
