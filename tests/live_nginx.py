@@ -89,14 +89,6 @@ class LiveProxy:
         return f"http://{HOST}:{self.http_port}"
 
 
-def free_port() -> int:
-    """A port nobody listens on now (the system's pick)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
 @contextmanager
 def serve(
     folder: Path,

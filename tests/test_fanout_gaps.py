@@ -16,10 +16,11 @@ import pytest
 from redis import Redis as BlockingRedis
 from redis.asyncio import Redis
 
+from bench.processes import free_port
 from chat.fanout import FanOut, channel_of
 from tests.live_tabs import REDIS_URL
 from tests.polling import wait_until
-from tests.private_redis import free_port, redis_server
+from tests.private_redis import redis_server
 
 MESSAGE = str(uuid.uuid4())
 

@@ -23,6 +23,7 @@ from django.conf import settings
 from django.core.management import call_command
 from django.test import override_settings
 
+from bench.processes import free_port
 from chat.models import Message
 from tests import live_daphne, live_nginx
 from tests.api_client import atoken_headers, parse, url
@@ -49,7 +50,7 @@ class Site:
 def site(django_db_setup: None, llm_server: FakeLLM) -> Iterator[Site]:
     """nginx on free ports in front of two daphne processes, for the module's tests."""
     live_nginx.require_nginx()
-    https_port, http_port = live_nginx.free_port(), live_nginx.free_port()
+    https_port, http_port = free_port(), free_port()
     origin = f"https://{live_nginx.HOST}:{https_port}"
     # What deploy/nginx.conf asks of the app, and an app that redirects plain HTTP: only a
     # proxy that says it took HTTPS gets through.

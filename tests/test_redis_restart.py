@@ -10,11 +10,12 @@ from typing import Any
 import aiohttp
 import pytest
 
+from bench.processes import free_port
 from chat.models import Message
 from tests.live_daphne import serve
 from tests.live_tabs import send_frame, until
 from tests.llm_server import Behaviour, expected_text
-from tests.private_redis import free_port, redis_server
+from tests.private_redis import redis_server
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -22,6 +22,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from bench.processes import free_port
 from chat.models import Conversation, Message, UsageRecord
 from tests import live_daphne, live_nginx
 from tests.live_tabs import REDIS_URL, send_frame
@@ -127,7 +128,7 @@ def nginx_site(llm_server: FakeLLM) -> Iterator[Site]:
     """nginx on free ports in front of two daphne processes, as tests/test_proxy.py runs
     deploy/nginx.conf."""
     live_nginx.require_nginx()
-    https_port, http_port = live_nginx.free_port(), live_nginx.free_port()
+    https_port, http_port = free_port(), free_port()
     origin = f"https://{live_nginx.HOST}:{https_port}"
     environment = live_nginx.app_environment(origin, REDIS_URL)
     with tempfile.TemporaryDirectory() as tmp:
