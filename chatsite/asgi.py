@@ -23,7 +23,7 @@ from chat.handlers import SharedOrmThreadASGIHandler  # noqa: E402
 from chat.health import HealthCheck  # noqa: E402
 from chat.metrics import MetricsRoute  # noqa: E402
 from chat.routing import websocket_urlpatterns  # noqa: E402
-from chat.shutdown import save_replies_on_daphne_shutdown  # noqa: E402
+from chat.shutdown import Lifespan, save_replies_on_daphne_shutdown  # noqa: E402
 from chat.sse_routes import EventStreamRoutes  # noqa: E402
 
 application = ProtocolTypeRouter(
@@ -40,6 +40,8 @@ application = ProtocolTypeRouter(
         "websocket": OriginValidator(
             URLRouter(websocket_urlpatterns), settings.CHAT_WEBSOCKET_ORIGINS
         ),
+        # Start and stop, from servers that say them (uvicorn; daphne: chat.shutdown).
+        "lifespan": Lifespan(),
     }
 )
 

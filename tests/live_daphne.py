@@ -1,4 +1,5 @@
-"""The app served by a real daphne in a child process, on this test run's database."""
+"""The app served by a real daphne (or uvicorn) in a child process, on this test run's
+database."""
 
 from __future__ import annotations
 
@@ -24,6 +25,11 @@ SERVER_START_TIMEOUT = 20.0  # seconds
 SERVER_STOP_TIMEOUT = 15.0  # daphne gives open sockets up to 10 s to close
 DAPHNE = [sys.executable, "-m", "daphne", "--bind", "127.0.0.1"]
 LISTENING = re.compile(r"Listening on TCP address [\d.]+:(\d+)")
+# uvicorn, for what differs there: its sends wait for the client, and it speaks the ASGI
+# lifespan protocol (chat.shutdown), which daphne does not.
+UVICORN = [sys.executable, "-m", "uvicorn", "--host", "127.0.0.1", "--ws", "websockets-sansio"]
+UVICORN_LISTENING = re.compile(r"Uvicorn running on http://[\d.]+:(\d+)")
+SERVERS = {"daphne": (DAPHNE, LISTENING), "uvicorn": (UVICORN, UVICORN_LISTENING)}
 
 
 @dataclass
@@ -38,32 +44,40 @@ class LiveServer:
 
 
 @contextmanager
-def serve(llm_server: FakeLLM, **environment: str) -> Iterator[LiveServer]:
-    """daphne serving the app on the test database, its model pointed at `llm_server`;
-    `environment` adds to or overrides its environment."""
+def serve(
+    llm_server: FakeLLM, *, server: str = "daphne", **environment: str
+) -> Iterator[LiveServer]:
+    """daphne (or `server`) serving the app on the test database, its model pointed at
+    `llm_server`; `environment` adds to or overrides its environment."""
     with tempfile.TemporaryDirectory() as tmp:
-        server = start(llm_server, Path(tmp) / "daphne.log", environment)
+        live = start(llm_server, Path(tmp) / "server.log", environment, server=server)
         try:
-            yield server
+            yield live
         finally:
-            stop(server.process)
+            stop(live.process)
 
 
 def start(
-    llm_server: FakeLLM, log: Path, environment: Mapping[str, str], port: int = 0
+    llm_server: FakeLLM,
+    log: Path,
+    environment: Mapping[str, str],
+    port: int = 0,
+    *,
+    server: str = "daphne",
 ) -> LiveServer:
-    """daphne started on `port` (0: one the system picks), logging to `log`, with
-    `environment` as `serve`'s; the caller stops it. Returns once it listens."""
+    """daphne (or `server`) started on `port` (0: one the system picks), logging to `log`,
+    with `environment` as `serve`'s; the caller stops it. Returns once it listens."""
+    command, listening = SERVERS[server]
     with log.open("wb") as out:
         process = subprocess.Popen(  # noqa: S603 - our own interpreter and arguments
-            [*DAPHNE, "--port", str(port), "chatsite.asgi:application"],
+            [*command, "--port", str(port), "chatsite.asgi:application"],
             cwd=settings.BASE_DIR,
             env={**server_environment(llm_server), **environment},
             stdout=out,
             stderr=subprocess.STDOUT,
         )
     try:
-        return LiveServer(process, wait_for_port(process, log), log)
+        return LiveServer(process, wait_for_port(process, log, listening), log)
     except BaseException:
         stop(process)
         raise
@@ -92,14 +106,16 @@ def server_environment(llm_server: FakeLLM) -> dict[str, str]:
     }
 
 
-def wait_for_port(server: subprocess.Popen[bytes], log: Path) -> int:
-    """The port daphne chose, read from its log."""
+def wait_for_port(
+    server: subprocess.Popen[bytes], log: Path, listening: re.Pattern[str] = LISTENING
+) -> int:
+    """The port the server chose, read from its log."""
     deadline = time.monotonic() + SERVER_START_TIMEOUT
     while time.monotonic() < deadline and server.poll() is None:
-        if found := LISTENING.search(log.read_text()):
+        if found := listening.search(log.read_text()):
             return int(found.group(1))
         time.sleep(0.05)
-    raise RuntimeError(f"daphne did not start:\n{log.read_text()}")
+    raise RuntimeError(f"the server did not start:\n{log.read_text()}")
 
 
 def stop(server: subprocess.Popen[bytes]) -> None:

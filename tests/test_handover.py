@@ -70,18 +70,20 @@ async def test_a_stopped_process_hands_its_reply_over(
     assert len(llm_server.requests) == 2  # the reply, and its continuation: once
 
 
+@pytest.mark.parametrize("server", ["daphne", "uvicorn"])
 async def test_a_process_with_no_tab_open_takes_the_replies_handed_over(
-    llm_server, user, conversation, login_cookie
+    server, llm_server, user, conversation, login_cookie
 ):
     """The survivor has served nothing yet (fresh from its own restart, say): it still
-    continues what the stopped process hands over."""
+    continues what the stopped process hands over. uvicorn says start and stop through the
+    ASGI lifespan protocol, daphne through its reactor (chat.shutdown)."""
     llm_server.reset()
     llm_server.behaviour = Behaviour(tokens=100, token_delay=0.02)
     cookie = await login_cookie(user)
     path = f"/ws/conversations/{conversation.id}/"
     with (
-        serve(llm_server, REDIS_URL=REDIS_URL) as survivor,
-        serve(llm_server, REDIS_URL=REDIS_URL) as runner,
+        serve(llm_server, server=server, REDIS_URL=REDIS_URL) as survivor,
+        serve(llm_server, server=server, REDIS_URL=REDIS_URL) as runner,
     ):
         async with (
             aiohttp.ClientSession(headers={"Cookie": cookie}) as http,
@@ -104,3 +106,4 @@ async def test_a_process_with_no_tab_open_takes_the_replies_handed_over(
         survivor_log = survivor.log.read_text()
     reply = await Message.objects.aget(role="assistant")
     assert reply.content.endswith(expected_text(100)), survivor_log
+    assert len(llm_server.requests) == 2  # the reply, and its continuation on the survivor

@@ -13,39 +13,25 @@ import asyncio
 import base64
 import json
 import os
-import re
 import socket
 import struct
-import subprocess
-import sys
-import tempfile
-import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager, suppress
-from pathlib import Path
 
 import aiohttp
 import pytest
-from django.conf import settings
 
 from chat.frame_limits import FRAME_BYTES
 from chat.models import Message
+from tests import live_daphne
 from tests.api_client import atoken_headers
 from tests.api_client import url as api_url
-from tests.live_daphne import LISTENING, server_environment
-from tests.live_daphne import stop as stop_server
 from tests.live_tabs import next_frame, send_frame, until
 from tests.llm_server import Behaviour, FakeLLM
 from tests.polling import wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-DAPHNE = [sys.executable, "-m", "daphne", "--bind", "127.0.0.1", "--port", "0"]
-UVICORN = [
-    *(sys.executable, "-m", "uvicorn", "--host", "127.0.0.1", "--port", "0"),
-    *("--lifespan", "off", "--ws", "websockets-sansio"),
-]
-UVICORN_LISTENING = re.compile(r"Uvicorn running on http://[\d.]+:(\d+)")
 CLOSE_TOO_SLOW = 4408
 BACKLOG = 5
 TOKENS = 1500
@@ -60,29 +46,9 @@ WORDS = {"uvicorn": "x" * 4000 + " ", "daphne": "x" * 500 + " "}
 @contextmanager
 def serve(kind: str, llm_server: FakeLLM) -> Iterator[int]:
     """The app on daphne or uvicorn; its port."""
-    command, listening = (DAPHNE, LISTENING) if kind == "daphne" else (UVICORN, UVICORN_LISTENING)
-    with tempfile.TemporaryDirectory() as tmp:
-        log = Path(tmp) / "server.log"
-        with log.open("wb") as out:
-            process = subprocess.Popen(  # noqa: S603 - our own interpreter and arguments
-                [*command, "chatsite.asgi:application"],
-                cwd=settings.BASE_DIR,
-                env={
-                    **server_environment(llm_server),
-                    "CHAT_SOCKET_BACKLOG": str(BACKLOG),
-                    "CHAT_MAX_REPLY_TOKENS": str(TOKENS),
-                },
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-        try:
-            deadline = time.monotonic() + 20
-            while not (found := listening.search(log.read_text())):
-                assert process.poll() is None and time.monotonic() < deadline, log.read_text()
-                time.sleep(0.05)
-            yield int(found.group(1))
-        finally:
-            stop_server(process)
+    environment = {"CHAT_SOCKET_BACKLOG": str(BACKLOG), "CHAT_MAX_REPLY_TOKENS": str(TOKENS)}
+    with live_daphne.serve(llm_server, server=kind, **environment) as live:
+        yield live.port
 
 
 @asynccontextmanager
