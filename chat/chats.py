@@ -34,7 +34,7 @@ from chat.models import Conversation, Message
 from chat.persistence import ReplyPlan, State
 from chat.refusals import Refused
 from chat.replies import Replies, Reply
-from chat.serializers import conversation_json, message_json
+from chat.serializers import conversation_json, done_frame, message_json
 from chat.socket_counts import SocketCounts
 from chat.text import storable
 from chat.titles import Titles
@@ -303,7 +303,7 @@ class ChatService:
         answer = await self.fanout.reply_so_far(state.conversation.pk)
         if answer is None:
             return None
-        return {key: answer[key] for key in ("message_id", "seq", "content")}
+        return streaming_snapshot(answer)
 
     # --- Across processes (chat.fanout, chat.crossprocess) ---------------------------------
 
@@ -346,20 +346,9 @@ class ChatService:
         """The replies of a process that died (chat.heartbeats): `interrupted`, as they
         were last saved, and every tab of their conversations told."""
         for message in await persistence.interrupt_streaming(message_ids):
-            usage = message.usage or {
-                "prompt_tokens": 0,
-                "completion_tokens": 0,
-                "total_tokens": 0,
-                "estimated": True,
-            }
-            done = {
-                "type": "done",
-                "message_id": str(message.pk),
-                "status": message.status,
-                "content": message.content,
-                "usage": usage,
-                "error": message.error,
-            }
+            done = done_frame(
+                message.pk, message.status, message.content, message.usage, message.error
+            )
             await self.watchers.broadcast(message.conversation_id, done)
 
     async def _ask_runner(self, conversation_id: UUID, after: int | None) -> dict[str, Any] | None:
@@ -378,7 +367,7 @@ class ChatService:
         if frame["streaming"] is None and self.fanout is not None:
             answer = await self._ask_runner(conversation_id, None)
             if answer is not None:
-                frame["streaming"] = {k: answer[k] for k in ("message_id", "seq", "content")}
+                frame["streaming"] = streaming_snapshot(answer)
         await self.watchers.deliver_local(conversation_id, *encoded_state(frame))
         streaming = frame["streaming"]
         return (streaming["message_id"], streaming["seq"]) if streaming else None
@@ -704,3 +693,8 @@ def service() -> ChatService:
 def services() -> list[tuple[asyncio.AbstractEventLoop, ChatService]]:
     """Every loop's service, for code that runs outside them (a logout's signal)."""
     return list(_services.items())
+
+
+def streaming_snapshot(answer: dict[str, Any]) -> Frame:
+    """A `state`'s `streaming`, from a runner's answer (chat.fanout.reply_so_far)."""
+    return {key: answer[key] for key in ("message_id", "seq", "content")}

@@ -25,6 +25,7 @@ from chat.batching import Batcher
 from chat.clock import Clock
 from chat.crossprocess import CrossProcess
 from chat.models import Message
+from chat.serializers import done_frame
 from chat.text import storable
 from chat.watchers import Frame, Watchers
 
@@ -241,14 +242,13 @@ class Reply:
                 error.detail if error else "",
             )
             await self._save(final)
-            self.done = {
-                "type": "done",
-                "message_id": str(self.message_id),
-                "status": status,
-                "content": content,
-                "usage": usage_json(usage),
-                "error": {"code": error.code, "detail": error.detail} if error else None,
-            }
+            self.done = done_frame(
+                self.message_id,
+                status,
+                content,
+                usage_json(usage),
+                {"code": error.code, "detail": error.detail} if error else None,
+            )
             await self.replies.watchers.broadcast(self.conversation_id, self.done)
         finally:
             self.replies.release(self)
