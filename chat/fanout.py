@@ -203,22 +203,46 @@ class FanOut:
         if reconnected:
             for conversation_id in subscribed:
                 self._mend_soon(conversation_id, resync=True)
+        # One task reads what Redis sends, waiting for it (a read with a timeout costs twice
+        # as much per message); the other subscribes and unsubscribes as watchers come and
+        # go, on the same connection. Either one's end (a dropped connection) ends both.
+        subscription = asyncio.Event()
+        tasks = [
+            asyncio.create_task(self._read(pubsub, subscription), name="fanout-read"),
+            asyncio.create_task(
+                self._follow_changes(pubsub, subscribed, subscription), name="fanout-subscribe"
+            ),
+        ]
+        try:
+            ended, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        for task in ended:
+            task.result()  # its error
+
+    async def _read(self, pubsub: PubSub, subscription: asyncio.Event) -> None:
         while True:
-            while not self._changes.empty():
-                wanted, conversation_id = self._changes.get_nowait()
-                if wanted and conversation_id not in subscribed:
-                    subscribed.add(conversation_id)
-                    await pubsub.subscribe(channel_of(conversation_id))
-                elif not wanted and conversation_id in subscribed:
-                    subscribed.discard(conversation_id)
-                    await pubsub.unsubscribe(channel_of(conversation_id))
-            if not subscribed:
-                # Nothing to hear: wait for a subscription (get_message needs one).
-                self._changes.put_nowait(await self._changes.get())
-                continue
-            message = await pubsub.get_message(timeout=0.05)
-            if message is not None:
+            async for message in pubsub.listen():
                 await self._heard(message)
+            # listen() ends once nothing is subscribed: wait for the next subscription.
+            subscription.clear()
+            if not pubsub.subscribed:
+                await subscription.wait()
+
+    async def _follow_changes(
+        self, pubsub: PubSub, subscribed: set[UUID], subscription: asyncio.Event
+    ) -> None:
+        while True:
+            wanted, conversation_id = await self._changes.get()
+            if wanted and conversation_id not in subscribed:
+                subscribed.add(conversation_id)
+                await pubsub.subscribe(channel_of(conversation_id))
+                subscription.set()
+            elif not wanted and conversation_id in subscribed:
+                subscribed.discard(conversation_id)
+                await pubsub.unsubscribe(channel_of(conversation_id))
 
     async def _heard(self, message: dict[str, Any]) -> None:
         kind = message["type"]
