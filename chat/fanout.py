@@ -37,7 +37,7 @@ from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 
-from chat import redis_names
+from chat import redis_clients, redis_names
 from chat.watchers import Frame
 
 logger = logging.getLogger(__name__)
@@ -80,7 +80,7 @@ class FanOut:
     def __init__(self, url: str, deliver_local: DeliverLocal, ask: Ask, resync: Resync) -> None:
         self.origin = uuid.uuid4().hex[:16]
         self._prefix = (self.origin + " ").encode()
-        self._redis: Redis = Redis.from_url(url)
+        self._redis: Redis = redis_clients.client(url)
         self._deliver_local, self._ask, self._resync = deliver_local, ask, resync
         self._outbox: list[tuple[UUID, bytes]] = []
         # Conversations no other process listens to: when a delta last went anyway.

@@ -15,8 +15,8 @@ from typing import Any, cast
 
 from django.conf import settings
 from django.db import connection
-from redis.asyncio import Redis
 
+from chat import redis_clients
 from chat.persistence import db_step
 
 logger = logging.getLogger(__name__)
@@ -83,7 +83,7 @@ async def _database_answers() -> bool:
 async def _redis_answers() -> bool:
     if not settings.REDIS_URL:
         return False
-    redis = Redis.from_url(settings.REDIS_URL, socket_connect_timeout=TIMEOUT)
+    redis = redis_clients.client(settings.REDIS_URL, socket_connect_timeout=TIMEOUT)
     try:
         await cast("Awaitable[bool]", redis.ping())  # redis-py types both clients' alike
     finally:

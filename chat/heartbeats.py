@@ -27,7 +27,7 @@ from typing import Any, cast
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from chat import redis_names
+from chat import redis_clients, redis_names
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ class Heartbeat:
         self, url: str, running: RunningReplies, end_replies: EndReplies, take_over: TakeOver
     ) -> None:
         self.process = uuid.uuid4().hex
-        self._redis: Redis = Redis.from_url(url)
+        self._redis: Redis = redis_clients.client(url)
         self._running, self._end_replies, self._take_over = running, end_replies, take_over
         self._task: asyncio.Task[None] | None = None
         self._soon = asyncio.Event()

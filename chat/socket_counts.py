@@ -24,7 +24,7 @@ from django.conf import settings
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from chat import redis_names
+from chat import redis_clients, redis_names
 
 logger = logging.getLogger(__name__)
 
@@ -103,7 +103,7 @@ class SharedCounts:
 
     def __init__(self, url: str) -> None:
         self.process = uuid.uuid4().hex
-        self._redis: Redis = Redis.from_url(url)
+        self._redis: Redis = redis_clients.client(url)
         self._take = self._redis.register_script(TAKE)
         self._released: dict[int, int] = {}
         self._flushing: asyncio.Task[None] | None = None

@@ -11,6 +11,8 @@ import dj_database_url
 from csp.constants import NONE, SELF
 from django.core.exceptions import ImproperlyConfigured
 
+from chat.redis_clients import DRIVER_INFO  # redis-py told who it is (why: there)
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 
@@ -136,7 +138,7 @@ if REDIS_URL:
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
-            "CONFIG": {"hosts": [REDIS_URL]},
+            "CONFIG": {"hosts": [{"address": REDIS_URL, "driver_info": DRIVER_INFO}]},
         }
     }
 else:
@@ -169,6 +171,7 @@ if REDIS_URL:
         "default": {
             "BACKEND": "django.core.cache.backends.redis.RedisCache",
             "LOCATION": REDIS_URL,
+            "OPTIONS": {"driver_info": DRIVER_INFO},
         }
     }
 else:
