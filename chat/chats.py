@@ -100,7 +100,7 @@ class ChatService:
         self.watchers = Watchers()
         self.upstream = llm.Upstream()
         self.crossprocess = (
-            CrossProcess(self._stop_here, self.end_session, self._how_far, self._join_again)
+            CrossProcess(self._stop_here, self.end_session, self._how_far)
             if crossprocess.enabled()
             else None
         )
@@ -196,7 +196,7 @@ class ChatService:
         stream goes on at once, the join a Redis round trip behind."""
         if (
             self.crossprocess is not None
-            and not self.crossprocess.hears_session_ends()
+            and not self.crossprocess.hears_word()
             and (self._joining_processes is None or self._joining_processes.done())
         ):
             self._joining_processes = asyncio.create_task(
@@ -317,13 +317,6 @@ class ChatService:
         if self.fanout is not None:
             self.fanout.heard_elsewhere(conversation_id)  # publish every delta again
         return {**snapshot, "deltas": reply.deltas_after(after) if after is not None else []}
-
-    async def _join_again(self) -> None:
-        """Redis is back after it was lost, and may have forgotten every group: the running
-        replies' groups again, for their stops and for the questions about them."""
-        assert self.crossprocess is not None
-        for reply in self.replies.all_running():
-            await self.crossprocess.joined(reply.conversation_id)
 
     async def _take_over(self, conversation_id: str) -> None:
         """Continue a reply that a process handed over as it stopped (chat.heartbeats)."""
@@ -583,7 +576,7 @@ class ChatService:
     async def _hear_of_logouts_elsewhere(self) -> None:
         assert self.crossprocess is not None
         try:
-            await self.crossprocess.holding_sockets()
+            await self.crossprocess.take_word()
         except Exception:
             # The socket works; only a logout on another process cannot close it.
             logger.warning("the channel layer is unreachable", exc_info=True)

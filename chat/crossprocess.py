@@ -1,12 +1,15 @@
 """Word between the ASGI processes of one site, over the Redis channel layer: "stop the
-reply of this conversation", for a reply that another process runs, and "this session
-has ended", for the sockets another process holds.
+reply of this conversation" and "how far is it?", for a reply that another process runs,
+and "this session has ended", for the sockets another process holds.
 
-Each process has one channel. It joins the group of a conversation while it runs a reply
-there: a few Redis round trips per reply, never any per token or per frame. It joins
-the group of all processes once it holds sockets, and again every hour, before
-channels-redis lets the membership expire (a day). With one process (no REDIS_URL)
-everything is local and none of this runs.
+Each process has one channel, in the group of all processes once it holds sockets or
+streams or runs a reply (joined again every hour, before channels-redis lets the
+membership expire: a day). Word goes to that group, and the process it concerns acts on
+it; the others drop it. So a reply costs the channel layer nothing: no group of its own
+to join and leave, which took two round trips and, for replies that start together, a
+connection each. A stop or a question costs one message per process, and they are rare
+(a click; a tab opening mid-reply elsewhere). With one process (no REDIS_URL) everything
+is local and none of this runs.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from contextlib import suppress
 from typing import Any
 from uuid import UUID
@@ -31,7 +34,7 @@ END_SESSION = "session.end"
 ASK = "reply.ask"
 ANSWER = "reply.answer"
 ASK_SECONDS = 2.0
-# Every process that holds sockets, for logouts.
+# Every process that holds sockets or runs replies.
 PROCESSES = "processes"
 REJOIN_SECONDS = 3600
 # Between two tries to reach Redis again after the listener lost it.
@@ -40,10 +43,6 @@ RECONNECT_SECONDS = 0.5
 
 def enabled() -> bool:
     return bool(settings.REDIS_URL)
-
-
-def group(conversation_id: UUID) -> str:
-    return f"conversation.{conversation_id.hex}"
 
 
 async def announce_session_end(session_key: str) -> None:
@@ -59,27 +58,17 @@ class CrossProcess:
         on_stop: Callable[[UUID], object],
         on_session_end: Callable[[str], None],
         on_ask: Callable[[UUID, int | None], dict[str, Any] | None] = lambda c, after: None,
-        on_reconnect: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self._on_stop, self._on_session_end, self._on_ask = on_stop, on_session_end, on_ask
-        self._on_reconnect = on_reconnect
         self._asked: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self._channel: str | None = None
         self._listener: asyncio.Task[None] | None = None
         self._joined_processes_at: float | None = None
 
-    async def joined(self, conversation_id: UUID) -> None:
-        """This process runs the conversation's reply: take its stops."""
-        await get_channel_layer().group_add(group(conversation_id), await self._own_channel())
-
-    async def left(self, conversation_id: UUID) -> None:
-        if self._channel is not None:
-            await get_channel_layer().group_discard(group(conversation_id), self._channel)
-
     async def request_stop(self, conversation_id: UUID) -> None:
         """Ask whichever process runs the conversation's reply to stop it."""
         await get_channel_layer().group_send(
-            group(conversation_id), {"type": STOP, "conversation": str(conversation_id)}
+            PROCESSES, {"type": STOP, "conversation": str(conversation_id)}
         )
 
     async def ask_runner(self, conversation_id: UUID, after: int | None) -> dict[str, Any] | None:
@@ -96,7 +85,7 @@ class CrossProcess:
                 "reply_to": await self._own_channel(),
                 "request": request,
             }
-            await get_channel_layer().group_send(group(conversation_id), message)
+            await get_channel_layer().group_send(PROCESSES, message)
             async with asyncio.timeout(ASK_SECONDS):
                 told: dict[str, Any] = await answer
                 return told
@@ -105,15 +94,16 @@ class CrossProcess:
         finally:
             self._asked.pop(request, None)
 
-    def hears_session_ends(self) -> bool:
+    def hears_word(self) -> bool:
         """Whether this process is in the group of all processes (and need not join now)."""
         joined_at = self._joined_processes_at
         now = asyncio.get_running_loop().time()
         return joined_at is not None and now - joined_at < REJOIN_SECONDS
 
-    async def holding_sockets(self) -> None:
-        """This process holds sockets: take word of the sessions that end."""
-        if self.hears_session_ends():
+    async def take_word(self) -> None:
+        """This process holds sockets or runs replies: take word of the sessions that end,
+        and of stops and questions about its replies. At once when it has already."""
+        if self.hears_word():
             return
         now = asyncio.get_running_loop().time()
         self._joined_processes_at = now
@@ -157,19 +147,17 @@ class CrossProcess:
             await self._act_on(message)
 
     async def _come_back(self) -> None:
-        held_sockets = self._joined_processes_at is not None
+        took_word = self._joined_processes_at is not None
         while True:
             await asyncio.sleep(RECONNECT_SECONDS)
             try:
-                if held_sockets:
+                if took_word:
                     self._joined_processes_at = None
-                    await self.holding_sockets()
-                if self._on_reconnect is not None:
-                    await self._on_reconnect()
+                    await self.take_word()
             except Exception:
                 logger.debug("Redis is still out of reach", exc_info=True)
                 continue
-            logger.warning("the channel layer is back: groups joined again")
+            logger.warning("the channel layer is back: the processes' group joined again")
             return
 
     async def _act_on(self, message: dict[str, Any]) -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Iterator
-from contextlib import aclosing, contextmanager, suppress
+from contextlib import aclosing, contextmanager
 from time import monotonic
 from typing import Any
 from uuid import UUID
@@ -127,7 +127,7 @@ class Reply:
         try:
             if self._stop_requested:  # stopped before the task got to run
                 raise asyncio.CancelledError
-            await self.replies.join_group(self)
+            await self.replies.take_word(self)
             # Leaving this block, however it ends, closes the upstream request first.
             async with aclosing(stream.deltas()) as deltas:
                 async for text in deltas:
@@ -252,7 +252,6 @@ class Reply:
             await self.replies.watchers.broadcast(self.conversation_id, self.done)
         finally:
             self.replies.release(self)
-            await self.replies.leave_group(self)
 
 
 def usage_json(usage: llm.Usage) -> dict[str, int | bool]:
@@ -309,19 +308,16 @@ class Replies:
     async def finish(self, final: persistence.Final) -> None:
         await self._finals.submit(final)
 
-    async def join_group(self, reply: Reply) -> None:
+    async def take_word(self, reply: Reply) -> None:
+        """Stops and questions about the reply from other processes reach this one (at
+        once if it has heard the word before: it only joins once an hour)."""
         if self.crossprocess is None:
             return
         try:
-            await self.crossprocess.joined(reply.conversation_id)
+            await self.crossprocess.take_word()
         except Exception:
             # The reply goes on; only a stop from another process's tab cannot reach it.
             logger.warning("reply %s: the channel layer is unreachable", reply.message_id)
-
-    async def leave_group(self, reply: Reply) -> None:
-        if self.crossprocess is not None:
-            with suppress(Exception):  # the group entry expires by itself anyway
-                await self.crossprocess.left(reply.conversation_id)
 
     async def stop_all(self) -> None:
         """Stop every reply and wait until each is saved (tests)."""
